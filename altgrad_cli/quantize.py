@@ -1,0 +1,452 @@
+"""Exact rounding to a format's grid: codes, quantized values, and the scaling modes.
+
+Rounding works on the bit patterns of the float32 (or float64) input, so it is exact by
+construction and needs no comparisons against grid tables:
+
+* normal range: round-half-even of the input's mantissa to M bits is one integer add and a
+  shift on the bit pattern (a carry into the exponent is the correct next binade);
+* subnormal range: adding C = 2^(emin - M + p) (p = 23 or 52), whose ULP is the format's
+  subnormal step, makes the FPU itself round half-even to a multiple of that step.
+
+Saturation is a clamp of the magnitude's bit pattern to the max value's before rounding, which
+is the same as rounding and then saturating. The code of a value is its unsigned bit pattern in
+the format (positive grid values are ordered like their patterns), signed by the input's sign.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from torch import Tensor
+
+from altgrad_cli.errors import UsageError
+from altgrad_cli.formats import Format, get_format
+
+INVALID_CODE = -(2**31)
+"""Code given to NaN and ±inf inputs by `encode`: they have no place on the grid."""
+
+
+@dataclass(frozen=True)
+class _Carrier:
+    """Bit layout of the float type the arithmetic runs in."""
+
+    float_dtype: torch.dtype
+    int_dtype: torch.dtype
+    mantissa: int
+    bias: int
+
+    @property
+    def sign_shift(self) -> int:
+        return self.mantissa + (11 if self.mantissa == 52 else 8)
+
+    @property
+    def sign_mask(self) -> int:
+        return -(1 << self.sign_shift)  # the sign bit, as the signed integer type sees it
+
+    @property
+    def magnitude_mask(self) -> int:
+        return (1 << self.sign_shift) - 1
+
+
+_F32 = _Carrier(torch.float32, torch.int32, 23, 127)
+_F64 = _Carrier(torch.float64, torch.int64, 52, 1023)
+
+
+def working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64 (it must not be rounded through float32); every other float widens to float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _carrier(dtype: torch.dtype) -> _Carrier:
+    return _F64 if dtype == torch.float64 else _F32
+
+
+def _float_bits(value: float, carrier: _Carrier) -> int:
+    return int(torch.tensor(value, dtype=carrier.float_dtype).view(carrier.int_dtype).item())
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Per (format, carrier) integer constants of the rounding, computed once."""
+
+    max_bits: int  # bit pattern of the format's max in the carrier
+    min_normal_bits: int  # below this, the subnormal branch applies
+    shift: int  # carrier mantissa bits dropped by the format
+    round_add: int  # (1 << (shift - 1)) - 1, the half-minus-one of round-half-even
+    code_offset: int  # carrier exponent field minus format exponent field, << M
+    sub_const: float  # C: ULP(C) is the subnormal step
+    sub_const_bits: int
+    overflow_bits: int  # magnitudes above this overflow without saturation
+    overflow_on_tie: bool  # ... and equal to it too, when max's code is odd
+    step_subnormal: float
+
+
+@lru_cache(maxsize=256)
+def _plan(fmt: Format, dtype: torch.dtype) -> _Plan:
+    c = _carrier(dtype)
+    m = fmt.mantissa_bits
+    max_value = fmt.value_of_code(fmt.max_code)
+    top_step = 2.0 ** ((fmt.emax if not fmt.is_fixed_point else fmt.emin) - m)
+    threshold = float(max_value) + top_step / 2  # exact in float64 for M <= 23
+    in_carrier = float(torch.tensor(threshold, dtype=c.float_dtype).item())
+    thr_bits = _float_bits(threshold, c)
+    exact = in_carrier == threshold
+    if in_carrier > threshold:  # rounded up (or to inf): the bound is the carrier value below it
+        thr_bits -= 1
+    sub_const = 2.0 ** (fmt.emin - m + c.mantissa)
+    return _Plan(
+        max_bits=_float_bits(float(max_value), c),
+        min_normal_bits=_float_bits(2.0**fmt.emin, c),
+        shift=c.mantissa - m,
+        round_add=(1 << (c.mantissa - m - 1)) - 1 if c.mantissa > m else 0,
+        code_offset=(c.bias - fmt.bias) << m,
+        sub_const=sub_const,
+        sub_const_bits=_float_bits(sub_const, c),
+        overflow_bits=thr_bits,
+        overflow_on_tie=exact and fmt.max_code % 2 == 1,
+        step_subnormal=2.0 ** (fmt.emin - m),
+    )
+
+
+def _magnitude_codes(mag: Tensor, fmt: Format, plan: _Plan, carrier: _Carrier) -> Tensor:
+    """Unsigned codes of magnitudes given as (already clamped) carrier bit patterns."""
+    fl = mag.view(carrier.float_dtype)
+    sub = (fl + plan.sub_const).view(carrier.int_dtype)
+    sub -= plan.sub_const_bits
+    if fmt.is_fixed_point:
+        return sub
+    if plan.shift:
+        normal = mag >> plan.shift
+        normal &= 1
+        normal += mag
+        normal += plan.round_add
+        normal >>= plan.shift
+    else:
+        normal = mag.clone()
+    normal -= plan.code_offset
+    return torch.where(mag < plan.min_normal_bits, sub, normal)
+
+
+_NATIVE = {
+    "e4m3fn": "float8_e4m3fn",
+    "e5m2": "float8_e5m2",
+    "e4m3fnuz": "float8_e4m3fnuz",
+    "e5m2fnuz": "float8_e5m2fnuz",
+    "bf16": "bfloat16",
+    "fp16": "float16",
+}
+_INT_OF_WIDTH = {1: torch.int8, 2: torch.int16}
+
+
+def native_dtype(fmt: Format) -> torch.dtype | None:
+    """torch's own dtype for a registry format, when torch has one (its cast is a reference)."""
+    name = _NATIVE.get(fmt.name)
+    dtype = getattr(torch, name, None) if name else None
+    return dtype if get_format(fmt.name) == fmt else None
+
+
+def _encode_native(y: Tensor, fmt: Format, dtype: torch.dtype) -> Tensor:
+    """Codes through torch's cast: the stored pattern is sign + code, so no rounding logic is needed."""
+    clamped = y.clamp(-fmt.max, fmt.max)  # torch's casts do not saturate
+    pattern = clamped.to(dtype).view(_INT_OF_WIDTH[dtype.itemsize])
+    sign = pattern >> (8 * dtype.itemsize - 1)
+    code = pattern & ((1 << (8 * dtype.itemsize - 1)) - 1)
+    code ^= sign
+    code -= sign
+    return code
+
+
+def encode_scaled(y: Tensor, fmt: Format) -> Tensor:
+    """Signed codes of R(y) for a float32/float64 tensor already divided by its scale.
+
+    The result is the narrowest signed int dtype that holds every code (int8 for torch's float8
+    formats, int16 for bf16/fp16, int32 otherwise); widen before subtracting codes. Non-finite
+    inputs get meaningless codes here; `encode` marks them, the metrics mask them out.
+    """
+    native = native_dtype(fmt) if y.dtype == torch.float32 else None
+    if native is not None:  # float64 must not take it: torch casts float64 through float32 twice
+        return _encode_native(y, fmt, native)
+    return encode_scaled_bits(y, fmt)
+
+
+def encode_scaled_bits(y: Tensor, fmt: Format) -> Tensor:
+    """`encode_scaled` by integer arithmetic on the bit pattern: any format, float32 or float64."""
+    carrier = _carrier(y.dtype)
+    plan = _plan(fmt, y.dtype)
+    bits = y.view(carrier.int_dtype)
+    mag = bits & carrier.magnitude_mask
+    mag.clamp_(max=plan.max_bits)
+    code = _magnitude_codes(mag, fmt, plan, carrier)
+    sign = bits >> carrier.sign_shift  # 0 or -1: (code ^ -1) + 1 == -code
+    code ^= sign
+    code -= sign
+    return code if code.dtype == torch.int32 else code.to(torch.int32)
+
+
+def decode_magnitude(code: Tensor, fmt: Format, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Grid values of non-negative codes, in the carrier dtype."""
+    carrier = _carrier(dtype)
+    plan = _plan(fmt, dtype)
+    code = code.to(carrier.int_dtype)
+    sub = code.to(carrier.float_dtype) * plan.step_subnormal
+    if fmt.is_fixed_point:
+        return sub
+    normal = (code + plan.code_offset) << plan.shift
+    return torch.where(code < (1 << fmt.mantissa_bits), sub, normal.view(carrier.float_dtype))
+
+
+def decode(code: Tensor, fmt: Format | str, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Grid values of signed codes (code 0 decodes to +0)."""
+    fmt = get_format(fmt)
+    value = decode_magnitude(code.abs(), fmt, dtype)
+    return torch.where(code < 0, -value, value)
+
+
+def overflow_mask(y: Tensor, fmt: Format) -> Tensor:
+    """Finite elements that rounding without saturation would send beyond ±max."""
+    carrier = _carrier(y.dtype)
+    plan = _plan(fmt, y.dtype)
+    mag = y.view(carrier.int_dtype) & carrier.magnitude_mask
+    over = mag > plan.overflow_bits
+    if plan.overflow_on_tie:
+        over |= mag == plan.overflow_bits
+    return over
+
+
+# --------------------------------------------------------------------------- scaling
+
+_BLOCK_RULES = ("floor", "rceil", "ceil", "even")
+_SCALING = re.compile(r"(tensor|pow2|channel|none)|block:(\d+)(?::([a-z]+))?")
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """A scaling mode: `tensor`, `pow2`, `channel`, `block` (with size and rule) or `none`."""
+
+    mode: str
+    block: int = 0
+    rule: str = "floor"
+
+    def __str__(self) -> str:
+        return f"block:{self.block}:{self.rule}" if self.mode == "block" else self.mode
+
+
+def parse_scaling(text: str | Scaling) -> Scaling:
+    """Parse `tensor`, `pow2`, `channel`, `none` or `block:N[:floor|rceil|ceil|even]`."""
+    if isinstance(text, Scaling):
+        return text
+    match = _SCALING.fullmatch(text.strip())
+    if match is None:
+        raise UsageError(
+            f"unknown scaling {text!r}; choose tensor, pow2, channel, none or block:N[:floor|rceil|ceil|even]"
+        )
+    if match[1]:
+        return Scaling(match[1])
+    size, rule = int(match[2]), match[3] or "floor"
+    if size < 1:
+        raise UsageError(f"scaling {text!r}: the block size must be at least 1")
+    if rule not in _BLOCK_RULES:
+        raise UsageError(f"scaling {text!r}: unknown block rule {rule!r}; choose {', '.join(_BLOCK_RULES)}")
+    return Scaling("block", size, rule)
+
+
+def exp2_int(expo: Tensor, dtype: torch.dtype) -> Tensor:
+    """2**expo exactly, built from bits (subnormal results included), for integer tensors."""
+    c = _carrier(dtype)
+    min_normal = 1 - c.bias
+    expo = expo.to(c.int_dtype).clamp(min_normal - c.mantissa, c.bias)
+    normal = (expo + c.bias).clamp(min=1) << c.mantissa
+    tiny = torch.ones_like(expo) << (expo - min_normal + c.mantissa).clamp(min=0)
+    return torch.where(expo >= min_normal, normal, tiny).view(c.float_dtype)
+
+
+def _pow2_ceil(q: Tensor) -> Tensor:
+    """Smallest power of two >= q (q > 0, finite), exactly."""
+    mant, expo = torch.frexp(q)
+    expo = torch.where(mant == 0.5, expo - 1, expo)
+    return exp2_int(expo, q.dtype)
+
+
+def _floor_log2(q: Tensor) -> Tensor:
+    _, expo = torch.frexp(q)
+    return expo - 1
+
+
+def _round_mantissa(q: Tensor, m: int) -> Tensor:
+    """q with its mantissa rounded half-even to m bits, range unbounded (MX's `even` rule)."""
+    carrier = _carrier(q.dtype)
+    shift = carrier.mantissa - m
+    if shift == 0:
+        return q
+    bits = q.view(carrier.int_dtype)
+    bits = (bits + ((1 << (shift - 1)) - 1) + ((bits >> shift) & 1)) >> shift << shift
+    return bits.view(carrier.float_dtype)
+
+
+def _amax_scale(amax: Tensor, fmt: Format, scaling: Scaling) -> Tensor:
+    """Scales from per-group amax values; zero or non-finite amax gives 1."""
+    good = torch.isfinite(amax) & (amax > 0)
+    safe = torch.where(good, amax, torch.ones_like(amax))
+    fmax = torch.tensor(fmt.max, dtype=amax.dtype)
+    if scaling.mode in ("tensor", "channel"):
+        scale = safe / fmax
+    elif scaling.mode == "pow2":
+        scale = _pow2_ceil(safe / fmax)
+    else:
+        emax = math.floor(math.log2(fmt.max))
+        if scaling.rule == "rceil":
+            expo = _floor_log2(_pow2_ceil(safe / fmax))
+        elif scaling.rule == "floor":
+            expo = _floor_log2(safe) - emax
+        elif scaling.rule == "ceil":
+            expo = _floor_log2(_pow2_ceil(safe)) - emax
+        else:
+            expo = _floor_log2(_round_mantissa(safe, fmt.mantissa_bits)) - emax
+        expo = expo.clamp(-127, 127)  # E8M0's range
+        scale = exp2_int(expo, safe.dtype)
+    good &= torch.isfinite(scale) & (scale > 0)
+    return torch.where(good, scale, torch.ones_like(scale))
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Scales for one tensor, in their natural shape, ready to be applied to it or to another tensor.
+
+    `values` is 0-d for tensor/pow2/none, (dim0,) for channel and (rows, blocks) for block, where
+    rows are the tensor's elements grouped by its last dim. Computed from one tensor (BEFORE) and
+    applicable to another of the same shape (AFTER), so flips measure weight motion, not scale jitter.
+    """
+
+    scaling: Scaling
+    values: Tensor
+    shape: tuple[int, ...]
+
+    @property
+    def is_unit(self) -> bool:
+        return self.scaling.mode == "none"
+
+    def view_shape(self) -> tuple[int, int]:
+        """The 2-D view of the tensor in which every scale covers whole rows or aligned column runs."""
+        numel = math.prod(self.shape)
+        if self.scaling.mode == "channel":
+            rows = self.shape[0] if self.shape else 1
+            return rows, (numel // rows if rows else 0)
+        if self.scaling.mode == "block":
+            cols = self.shape[-1] if self.shape else 1
+            return (numel // cols if cols else 0), cols
+        return 1, numel
+
+    def for_chunk(self, row0: int, row1: int, col0: int, col1: int) -> Tensor:
+        """Scales broadcastable to the chunk [row0:row1, col0:col1] of `view_shape()`."""
+        if self.scaling.mode == "channel":
+            return self.values[row0:row1, None]
+        if self.scaling.mode == "block":
+            n = self.scaling.block
+            blocks = self.values[row0:row1, col0 // n : (col1 + n - 1) // n]
+            expanded = blocks.repeat_interleave(n, dim=1)
+            return expanded[:, : col1 - col0]
+        return self.values
+
+    def broadcast(self) -> Tensor:
+        """Scales broadcastable to the whole tensor."""
+        if not self.shape:
+            return self.values.reshape(())
+        if self.scaling.mode == "channel":
+            return self.values.reshape(-1, *([1] * (len(self.shape) - 1)))
+        if self.scaling.mode == "block":
+            rows, cols = self.view_shape()
+            return self.for_chunk(0, rows, 0, cols).reshape(self.shape)
+        return self.values
+
+    def to(self, dtype: torch.dtype) -> Scale:
+        return Scale(self.scaling, self.values.to(dtype), self.shape)
+
+
+def compute_scale(x: Tensor, format: Format | str, scaling: Scaling | str = "tensor") -> Scale:
+    """The scales of `scaling` for `x` (float32 arithmetic, float64 for float64 `x`)."""
+    fmt = get_format(format)
+    scaling = parse_scaling(scaling)
+    dtype = working_dtype(x.dtype)
+    shape = tuple(x.shape)
+    if scaling.mode == "none" or x.numel() == 0:
+        if scaling.mode in ("channel", "block") and x.numel() == 0:
+            rows, _ = Scale(scaling, torch.ones(()), shape).view_shape()
+            empty = torch.ones((rows,) if scaling.mode == "channel" else (rows, 0), dtype=dtype)
+            return Scale(scaling, empty, shape)
+        return Scale(scaling, torch.ones((), dtype=dtype), shape)
+    absx = x.detach().to(dtype).abs()
+    if scaling.mode in ("tensor", "pow2"):
+        amax = absx.amax()
+    elif scaling.mode == "channel":
+        amax = absx.reshape(shape[0] if shape else 1, -1).amax(dim=1)
+    else:
+        cols = shape[-1] if shape else 1
+        rows2d = absx.reshape(-1, cols)
+        n = scaling.block
+        nblocks = (cols + n - 1) // n
+        padded = torch.nn.functional.pad(rows2d, (0, nblocks * n - cols))
+        amax = padded.reshape(rows2d.shape[0], nblocks, n).amax(dim=2)
+    return Scale(scaling, _amax_scale(amax, fmt, scaling), shape)
+
+
+def block_amax(x: Tensor, scale: Scale) -> Tensor:
+    """Per-scale amax of |x| in the scale's grouping (for the clipped-blocks fraction)."""
+    absx = x.detach().to(working_dtype(x.dtype)).abs()
+    rows, cols = scale.view_shape()
+    if scale.scaling.mode == "channel":
+        return absx.reshape(rows, cols).amax(dim=1) if cols else torch.zeros(rows)
+    n = scale.scaling.block
+    nblocks = (cols + n - 1) // n
+    padded = torch.nn.functional.pad(absx.reshape(rows, cols), (0, nblocks * n - cols))
+    return padded.reshape(rows, nblocks, n).amax(dim=2)
+
+
+def _as_scale(scale: Scale | Tensor | float | None, dtype: torch.dtype) -> Tensor | None:
+    if scale is None or (isinstance(scale, Scale) and scale.is_unit):
+        return None
+    if isinstance(scale, Scale):
+        return scale.broadcast().to(dtype)
+    return torch.as_tensor(scale, dtype=dtype)
+
+
+def _scaled(x: Tensor, scale: Scale | Tensor | float | None) -> tuple[Tensor, Tensor | None]:
+    """x / s in the working dtype (a true division: float32, or float64 for float64 inputs)."""
+    dtype = working_dtype(x.dtype)
+    y = x.detach().to(dtype)
+    s = _as_scale(scale, dtype)
+    return (y if s is None else y / s), s
+
+
+def encode(x: Tensor, format: Format | str, scale: Scale | Tensor | float | None = None) -> Tensor:
+    """The signed int32 code of R(x / scale) for every element; NaN and ±inf get INVALID_CODE."""
+    fmt = get_format(format)
+    y, _ = _scaled(x, scale)
+    finite = torch.isfinite(y)
+    code = encode_scaled(y, fmt).to(torch.int32)
+    return torch.where(finite, code, torch.tensor(INVALID_CODE, dtype=torch.int32))
+
+
+def quantize(x: Tensor, format: Format | str, scale: Scale | Tensor | float | None = None) -> Tensor:
+    """Q(x; s) = s · R(x / s): round half to even onto the grid, saturating at ±max.
+
+    Returns float32 for inputs of up to 32 bits and float64 for float64 inputs. NaN and ±inf pass
+    through unchanged; zeros keep the input's sign except in formats without -0 (fnuz).
+    `scale` is a `Scale` from `compute_scale`, a tensor broadcastable to `x`, a number, or None (1).
+    """
+    fmt = get_format(format)
+    y, s = _scaled(x, scale)
+    carrier = _carrier(y.dtype)
+    code = encode_scaled(y, fmt)
+    value = decode_magnitude(code.abs(), fmt, y.dtype)
+    if fmt.has_negative_zero:
+        sign_bit = y.view(carrier.int_dtype) & carrier.sign_mask
+    else:
+        sign_bit = (code < 0).to(carrier.int_dtype) * carrier.sign_mask
+    value = (value.view(carrier.int_dtype) | sign_bit).view(carrier.float_dtype)
+    if s is not None:
+        value = value * s
+    return torch.where(torch.isfinite(y), value, y)
