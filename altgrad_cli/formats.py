@@ -18,9 +18,9 @@ from altgrad_cli.errors import FormatError
 SPECIALS = ("ieee", "fn", "fnuz", "finite")
 
 _SPECIALS_TEXT = {
-    "ieee": "IEEE inf + NaN",
-    "fn": "NaN only (all ones)",
-    "fnuz": "one NaN (0x80), no -0",
+    "ieee": "inf, NaN",
+    "fn": "NaN only",
+    "fnuz": "NaN 0x80, no -0",
     "finite": "none",
 }
 
@@ -109,7 +109,7 @@ class Format:
     @property
     def specials_text(self) -> str:
         if self.is_fixed_point:
-            return f"none: fixed point k/{1 << self.mantissa_bits}"
+            return f"none (k/{1 << self.mantissa_bits})"
         return _SPECIALS_TEXT[self.specials]
 
     def to_dict(self) -> dict[str, object]:
@@ -214,7 +214,9 @@ def get_format(name: str | Format) -> Format:
         return generic
     known = sorted(_BY_NAME)
     lowered = {k.lower(): k for k in known}
-    close = [lowered[c] for c in difflib.get_close_matches(key.lower(), list(lowered), n=4, cutoff=0.6)]
+    close = [
+        lowered[c] for c in difflib.get_close_matches(key.lower(), list(lowered), n=4, cutoff=0.6)
+    ]
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise FormatError(
         f"unknown format {name!r}{hint} (see `altgrad formats`, or write e<E>m<M>[:ieee|fn|fnuz|finite][:bias=B])"

@@ -250,7 +250,9 @@ def parse_scaling(text: str | Scaling) -> Scaling:
     if size < 1:
         raise UsageError(f"scaling {text!r}: the block size must be at least 1")
     if rule not in _BLOCK_RULES:
-        raise UsageError(f"scaling {text!r}: unknown block rule {rule!r}; choose {', '.join(_BLOCK_RULES)}")
+        raise UsageError(
+            f"scaling {text!r}: unknown block rule {rule!r}; choose {', '.join(_BLOCK_RULES)}"
+        )
     return Scaling("block", size, rule)
 
 
@@ -430,7 +432,9 @@ def encode(x: Tensor, format: Format | str, scale: Scale | Tensor | float | None
     return torch.where(finite, code, torch.tensor(INVALID_CODE, dtype=torch.int32))
 
 
-def quantize(x: Tensor, format: Format | str, scale: Scale | Tensor | float | None = None) -> Tensor:
+def quantize(
+    x: Tensor, format: Format | str, scale: Scale | Tensor | float | None = None
+) -> Tensor:
     """Q(x; s) = s · R(x / s): round half to even onto the grid, saturating at ±max.
 
     Returns float32 for inputs of up to 32 bits and float64 for float64 inputs. NaN and ±inf pass

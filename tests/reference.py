@@ -29,7 +29,9 @@ ML_DTYPES = {
 def ml_dtypes_grid(dtype) -> np.ndarray:
     """Sorted non-negative finite values of an ml_dtypes type, from every bit pattern it has."""
     width = np.dtype(dtype).itemsize
-    patterns = np.arange(1 << (8 * width), dtype=np.uint64).astype(np.uint8 if width == 1 else np.uint16)
+    patterns = np.arange(1 << (8 * width), dtype=np.uint64).astype(
+        np.uint8 if width == 1 else np.uint16
+    )
     with np.errstate(invalid="ignore"):  # NaN patterns
         values = patterns.view(dtype).astype(np.float64)
     values = values[np.isfinite(values)]
@@ -78,7 +80,9 @@ def probe_values(grid: np.ndarray, n_random: int = 1 << 20, seed: int = 0) -> np
     top_half_step = (g[-1] - g[-2]) / 2
     mids = (g[:-1] + g[1:]) / 2
     with np.errstate(over="ignore"):  # beyond float32's range for the widest formats: inf, dropped
-        base = np.concatenate([g, mids, [g[-1] + top_half_step, g[-1] * 2, 3.0e38]]).astype(np.float32)
+        base = np.concatenate([g, mids, [g[-1] + top_half_step, g[-1] * 2, 3.0e38]]).astype(
+            np.float32
+        )
     near = [base]
     up, down = base.copy(), base.copy()
     for _ in range(3):
@@ -91,6 +95,8 @@ def probe_values(grid: np.ndarray, n_random: int = 1 << 20, seed: int = 0) -> np
     bits = rng.integers(0, 0x7F800000, size=n_random // 2, dtype=np.uint32).view(np.float32)
     lo, hi = max(np.log2(tiny) - 4, -149.0), min(np.log2(g[-1]) + 4, 127.9)
     logu = np.exp2(rng.uniform(lo, hi, size=n_random - n_random // 2)).astype(np.float32)
-    allv = np.concatenate(near + [subnormal, f32_sub, bits, logu, np.array([np.finfo(np.float32).max], np.float32)])
+    allv = np.concatenate(
+        near + [subnormal, f32_sub, bits, logu, np.array([np.finfo(np.float32).max], np.float32)]
+    )
     allv = allv[np.isfinite(allv)]
     return np.concatenate([allv, -allv])

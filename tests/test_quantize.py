@@ -20,7 +20,18 @@ from altgrad_cli.quantize import (
 )
 
 ML_NAMES = [n for n, d in ML_DTYPES.items() if d is not None]
-CUSTOM = ["E0M7", "E1M6", "E2M5", "E6M1", "E7M0", "e3m3:fnuz", "e4m3:fn:bias=9", "e2m2:ieee", "e5m5:bias=12", "e0m3"]
+CUSTOM = [
+    "E0M7",
+    "E1M6",
+    "E2M5",
+    "E6M1",
+    "E7M0",
+    "e3m3:fnuz",
+    "e4m3:fn:bias=9",
+    "e2m2:ieee",
+    "e5m5:bias=12",
+    "e0m3",
+]
 
 
 def _bits(a: np.ndarray) -> np.ndarray:
@@ -35,7 +46,9 @@ def ml_case(request):
     x = probe_values(grid)
     fmt = get_format(name)
     ref_values = np.clip(x, -fmt.max, fmt.max).astype(dtype).astype(np.float32)
-    ref_codes = np.sign(ref_values).astype(np.int64) * np.searchsorted(grid, np.abs(ref_values).astype(np.float64))
+    ref_codes = np.sign(ref_values).astype(np.int64) * np.searchsorted(
+        grid, np.abs(ref_values).astype(np.float64)
+    )
     return fmt, x, ref_values, ref_codes
 
 
@@ -43,7 +56,9 @@ def test_quantize_bit_exact_against_ml_dtypes(ml_case):
     fmt, x, ref_values, _ = ml_case
     q = quantize(torch.from_numpy(x), fmt).numpy()
     mismatch = np.nonzero(_bits(q) != _bits(ref_values))[0]
-    assert mismatch.size == 0, f"{fmt.name}: {x[mismatch[:5]]} -> {q[mismatch[:5]]}, want {ref_values[mismatch[:5]]}"
+    assert mismatch.size == 0, (
+        f"{fmt.name}: {x[mismatch[:5]]} -> {q[mismatch[:5]]}, want {ref_values[mismatch[:5]]}"
+    )
 
 
 def test_codes_against_ml_dtypes(ml_case):
@@ -59,7 +74,9 @@ def test_bit_path_agrees_on_native_formats(ml_case):
     np.testing.assert_array_equal(codes, ref_codes)
 
 
-@pytest.mark.parametrize(("name", "dtype"), [("e4m3fn", torch.float8_e4m3fn), ("e5m2", torch.float8_e5m2)])
+@pytest.mark.parametrize(
+    ("name", "dtype"), [("e4m3fn", torch.float8_e4m3fn), ("e5m2", torch.float8_e5m2)]
+)
 def test_against_torch_float8_casts(name, dtype):
     fmt = get_format(name)
     x = torch.from_numpy(probe_values(ml_dtypes_grid(ML_DTYPES[name]), n_random=1 << 18, seed=3))
@@ -104,7 +121,9 @@ def test_code_invariants(name):
     grid = enumerate_grid(fmt.exponent_bits, fmt.mantissa_bits, fmt.bias, fmt.specials)
     g = torch.from_numpy(grid.astype(np.float32))
     codes = encode(g, fmt)
-    assert torch.equal(codes, torch.arange(len(grid), dtype=torch.int32))  # consecutive values, consecutive codes
+    assert torch.equal(
+        codes, torch.arange(len(grid), dtype=torch.int32)
+    )  # consecutive values, consecutive codes
     assert torch.equal(encode(-g, fmt), -codes)
     assert encode(torch.tensor([0.0, -0.0]), fmt).tolist() == [0, 0]
     assert torch.equal(decode(codes, fmt).double(), torch.from_numpy(grid))
@@ -169,7 +188,9 @@ def test_tensor_and_pow2_scale():
     assert s.values.item() == np.float32(300.0) / np.float32(448.0)
     assert compute_scale(x, "e4m3fn", "pow2").values.item() == 1.0  # 300/448 -> 2^0
     assert compute_scale(x * 2, "e4m3fn", "pow2").values.item() == 2.0
-    assert compute_scale(torch.tensor([448.0]), "e4m3fn", "pow2").values.item() == 1.0  # exact power stays
+    assert (
+        compute_scale(torch.tensor([448.0]), "e4m3fn", "pow2").values.item() == 1.0
+    )  # exact power stays
     assert compute_scale(x, "e4m3fn", "none").values.item() == 1.0
 
 
@@ -231,7 +252,9 @@ def test_scale_from_one_tensor_applies_to_another():
     after = torch.tensor([1.0, 2.0, 300.0])
     s = compute_scale(before, "e4m3fn", "tensor")
     q_after = quantize(after, "e4m3fn", s)
-    assert q_after[2].item() == pytest.approx(float(s.values) * 448.0)  # saturated under BEFORE's scale
+    assert q_after[2].item() == pytest.approx(
+        float(s.values) * 448.0
+    )  # saturated under BEFORE's scale
     own = compute_scale(after, "e4m3fn", "tensor")
     assert quantize(after, "e4m3fn", own)[2].item() == pytest.approx(300.0, rel=1e-6)
 
@@ -242,7 +265,11 @@ def test_for_chunk_matches_broadcast():
         s = compute_scale(x, "e4m3fn", mode)
         rows, cols = s.view_shape()
         full = s.broadcast().expand(x.shape).reshape(rows, cols)
-        for r0, r1, c0, c1 in [(0, rows, 0, cols), (1, 2, 0, cols), (0, rows, 4, 8)] if mode != "tensor" else [(0, 1, 3, 17)]:
+        for r0, r1, c0, c1 in (
+            [(0, rows, 0, cols), (1, 2, 0, cols), (0, rows, 4, 8)]
+            if mode != "tensor"
+            else [(0, 1, 3, 17)]
+        ):
             part = s.for_chunk(r0, r1, c0, c1).expand(r1 - r0, c1 - c0)
             assert torch.equal(part, full[r0:r1, c0:c1])
 
@@ -250,7 +277,9 @@ def test_for_chunk_matches_broadcast():
 def test_scaled_rounding_is_true_division():
     x = torch.randn(10000) * 37
     s = compute_scale(x, "e3m4", "tensor")
-    ref_values, ref_codes = round_to_grid((x / s.values).double().numpy(), enumerate_grid(3, 4, 3, "ieee"))
+    ref_values, ref_codes = round_to_grid(
+        (x / s.values).double().numpy(), enumerate_grid(3, 4, 3, "ieee")
+    )
     np.testing.assert_array_equal(encode(x, "e3m4", s).numpy(), ref_codes)
     assert isinstance(s, Scale)
 

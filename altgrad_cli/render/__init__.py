@@ -1,0 +1,1 @@
+"""Renderers: each reads a report (or the registry) and writes one output format; none computes."""
