@@ -3,25 +3,64 @@
 The public library API, listed once. Importing it loads torch but not typer or rich.
 """
 
+from altgrad_cli.diagnostics import (
+    compute_stiffness_field,
+    compute_ulp_distance,
+    gradient_stiffness_correlation,
+    grid_alignment_error,
+    grid_alignment_statistics,
+    ulp_statistics,
+)
 from altgrad_cli.errors import AltgradError, FormatError, InputError, UsageError
 from altgrad_cli.formats import Format, get_format, registry
+from altgrad_cli.metrics import compute_stall_ratio, tensor_metrics
 from altgrad_cli.quantize import Scale, Scaling, compute_scale, decode, encode, quantize
+from altgrad_cli.tracker import WeightFlipTracker
 
 __version__ = "0.1.0"
 
+# The seed's format constants.
+E0M7 = get_format("E0M7")
+E1M6 = get_format("E1M6")
+E2M5 = get_format("E2M5")
+E3M4 = get_format("E3M4")
+E4M3 = get_format("E4M3")
+E5M2 = get_format("E5M2")
+E6M1 = get_format("E6M1")
+E7M0 = get_format("E7M0")
+FP8Format = Format
+
 __all__ = [
+    "E0M7",
+    "E1M6",
+    "E2M5",
+    "E3M4",
+    "E4M3",
+    "E5M2",
+    "E6M1",
+    "E7M0",
     "AltgradError",
+    "FP8Format",
     "Format",
     "FormatError",
     "InputError",
     "Scale",
     "Scaling",
     "UsageError",
+    "WeightFlipTracker",
     "__version__",
     "compute_scale",
+    "compute_stall_ratio",
+    "compute_stiffness_field",
+    "compute_ulp_distance",
     "decode",
     "encode",
     "get_format",
+    "gradient_stiffness_correlation",
+    "grid_alignment_error",
+    "grid_alignment_statistics",
     "quantize",
     "registry",
+    "tensor_metrics",
+    "ulp_statistics",
 ]

@@ -1,0 +1,226 @@
+"""Mergeable accumulators: update(chunk), merge(other), result().
+
+Every statistic altgrad reports is one of these, so chunks of a tensor, tensors of a checkpoint
+and shards analysed on different machines combine into the same numbers. Counts are exact
+integers; sums and moments are float64 and combined by Chan et al.'s parallel method, so the
+merged result equals the whole-tensor result up to float rounding, whatever the chunking.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Moments:
+    """Count, mean, sum of squared deviations (M2), min and max of a stream of values."""
+
+    n: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+    min: float = math.inf
+    max: float = -math.inf
+
+    def update(self, values: Tensor) -> None:
+        if values.numel() == 0:
+            return
+        v = values.detach().reshape(-1).to(torch.float64)
+        mean = float(v.mean())
+        m2 = float(((v - mean) ** 2).sum())
+        self.merge(Moments(v.numel(), mean, m2, float(v.min()), float(v.max())))
+
+    def merge(self, other: Moments) -> None:
+        if other.n == 0:
+            return
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        self.mean += delta * other.n / n
+        self.m2 += other.m2 + delta * delta * self.n * other.n / n
+        self.n = n
+        self.min = min(self.min, other.min)
+        self.max = max(self.max, other.max)
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation (n - 1); 0.0 with fewer than two values."""
+        return math.sqrt(max(self.m2, 0.0) / (self.n - 1)) if self.n > 1 else 0.0
+
+    def result(self) -> dict[str, float | None]:
+        empty = self.n == 0
+        return {
+            "mean": 0.0 if empty else self.mean,
+            "min": None if empty else self.min,
+            "max": None if empty else self.max,
+            "std": self.std,
+        }
+
+
+@dataclass
+class CoMoments:
+    """Means, M2s and the co-moment of pairs (x, y), for Pearson correlation."""
+
+    n: int = 0
+    mean_x: float = 0.0
+    mean_y: float = 0.0
+    m2_x: float = 0.0
+    m2_y: float = 0.0
+    c_xy: float = 0.0
+
+    def update(self, x: Tensor, y: Tensor) -> None:
+        if x.numel() == 0:
+            return
+        x64 = x.detach().reshape(-1).to(torch.float64)
+        y64 = y.detach().reshape(-1).to(torch.float64)
+        mx, my = float(x64.mean()), float(y64.mean())
+        dx, dy = x64 - mx, y64 - my
+        self.merge(
+            CoMoments(
+                x64.numel(),
+                mx,
+                my,
+                float((dx * dx).sum()),
+                float((dy * dy).sum()),
+                float((dx * dy).sum()),
+            )
+        )
+
+    def merge(self, other: CoMoments) -> None:
+        if other.n == 0:
+            return
+        n = self.n + other.n
+        dx, dy = other.mean_x - self.mean_x, other.mean_y - self.mean_y
+        w = self.n * other.n / n
+        self.c_xy += other.c_xy + dx * dy * w
+        self.m2_x += other.m2_x + dx * dx * w
+        self.m2_y += other.m2_y + dy * dy * w
+        self.mean_x += dx * other.n / n
+        self.mean_y += dy * other.n / n
+        self.n = n
+
+    def correlation(self) -> float:
+        """Pearson's r; 0.0 when undefined (fewer than two pairs or a constant side)."""
+        denominator = math.sqrt(max(self.m2_x, 0.0) * max(self.m2_y, 0.0))
+        if self.n < 2 or denominator == 0.0:
+            return 0.0
+        return max(-1.0, min(1.0, self.c_xy / denominator))
+
+
+@dataclass
+class Counts:
+    """Named exact integer counters."""
+
+    values: dict[str, int] = field(default_factory=dict)
+
+    def add(self, name: str, count: int | Tensor) -> None:
+        self.values[name] = self.values.get(name, 0) + int(count)
+
+    def merge(self, other: Counts) -> None:
+        for name, count in other.values.items():
+            self.add(name, count)
+
+    def __getitem__(self, name: str) -> int:
+        return self.values.get(name, 0)
+
+
+@dataclass
+class BinnedCounts:
+    """Counts over a fixed range of integer bins [low, low + len): merge is addition."""
+
+    low: int
+    counts: Tensor
+
+    @classmethod
+    def empty(cls, low: int, high: int) -> BinnedCounts:
+        return cls(low, torch.zeros(high - low + 1, dtype=torch.int64))
+
+    def update(self, bins: Tensor) -> None:
+        if bins.numel() == 0:
+            return
+        idx = (bins.reshape(-1).to(torch.int64) - self.low).clamp(0, len(self.counts) - 1)
+        self.counts += torch.bincount(idx, minlength=len(self.counts))
+
+    def merge(self, other: BinnedCounts) -> None:
+        self.counts += other.counts
+
+    def result(self) -> dict[str, int]:
+        """Non-empty bins, keyed by bin value, in increasing order."""
+        nonzero = torch.nonzero(self.counts).reshape(-1).tolist()
+        return {str(i + self.low): int(self.counts[i]) for i in nonzero}
+
+
+GRID_STEP_BINS = ("0", "1", "2", "3", "4-7", "8-15", "16+")
+
+
+def grid_step_bin(k: Tensor) -> Tensor:
+    """Bin index of |code difference| k: 0, 1, 2, 3, 4–7, 8–15, 16+."""
+    k = k.to(torch.int64)
+    small = k.clamp(max=4)
+    return torch.where(k < 4, small, torch.where(k < 8, 4, torch.where(k < 16, 5, 6)))
+
+
+class UlpHistogram:
+    """Distances in storage ULPs: exact counts up to 64, geometric bins 1 % wide above.
+
+    The lower median (the ceil(n/2)-th smallest) is exact when it is <= 64 and within 1 %
+    relative above; the max and the mean are tracked exactly alongside.
+    """
+
+    EXACT = 64
+    RATIO = 1.01
+    _LOG_RATIO = math.log(RATIO)
+    _TOP = 2**64
+
+    def __init__(self) -> None:
+        n_geo = math.ceil(math.log(self._TOP / (self.EXACT + 1)) / self._LOG_RATIO) + 2
+        self.counts = torch.zeros(self.EXACT + 1 + n_geo, dtype=torch.int64)
+        self.n = 0
+        self.total = 0.0
+        self.zeros = 0
+        self.max = 0
+
+    def _bin(self, d: Tensor) -> Tensor:
+        geo = torch.floor(torch.log(d.to(torch.float64) / (self.EXACT + 1)) / self._LOG_RATIO)
+        geo = geo.clamp(min=0).to(torch.int64) + self.EXACT + 1
+        return torch.where(d <= self.EXACT, d, geo).clamp(max=len(self.counts) - 1)
+
+    def _lower_edge(self, index: int) -> int:
+        if index <= self.EXACT:
+            return index
+        return math.ceil((self.EXACT + 1) * self.RATIO ** (index - self.EXACT - 1))
+
+    def update(self, d: Tensor) -> None:
+        """d: non-negative int64 distances."""
+        if d.numel() == 0:
+            return
+        d = d.reshape(-1).to(torch.int64)
+        self.counts += torch.bincount(self._bin(d), minlength=len(self.counts))
+        self.n += d.numel()
+        self.total += float(d.sum(dtype=torch.float64)) if d.numel() else 0.0
+        self.zeros += int((d == 0).sum())
+        self.max = max(self.max, int(d.max()))
+
+    def merge(self, other: UlpHistogram) -> None:
+        self.counts += other.counts
+        self.n += other.n
+        self.total += other.total
+        self.zeros += other.zeros
+        self.max = max(self.max, other.max)
+
+    def median(self) -> int:
+        if self.n == 0:
+            return 0
+        rank = (self.n + 1) // 2  # the lower median: ceil(n/2)-th smallest
+        index = int(torch.searchsorted(torch.cumsum(self.counts, 0), torch.tensor(rank)))
+        return min(self._lower_edge(index), self.max)
+
+    def result(self) -> dict[str, float | int]:
+        return {
+            "mean": self.total / self.n if self.n else 0.0,
+            "median": self.median(),
+            "max": self.max,
+            "zero_frac": self.zeros / self.n if self.n else 0.0,
+        }
