@@ -157,6 +157,8 @@ class TensorAccumulator:
         updated = (g.abs() > grad_eps) if g is not None else (a != b)
         self.counts.add("updates", updated.sum())
         self.counts.add("n", b.numel())
+        if b.numel() == 0:
+            return
         self.ulp.update(
             (storage_ordinals(after.reshape(-1)) - storage_ordinals(before.reshape(-1))).abs()
         )
@@ -166,7 +168,7 @@ class TensorAccumulator:
         all_nonzero = n_nonzero == b.numel()
         abs_delta = (a - b).abs()
         abs_g = g.abs() if g is not None else None
-        for fmt, (s_before, s_after) in zip(self.formats, scales):
+        for fmt, (s_before, s_after) in zip(self.formats, scales, strict=True):
             acc = self.per_format[fmt.name]
             yb = b if s_before is None else b / s_before
             ya = a if s_after is None else a / s_after
@@ -259,7 +261,7 @@ class TensorAccumulator:
             "grid_steps": {
                 "mean": fc["steps_sum"] / n if n else 0.0,
                 "max": acc.steps_max,
-                "histogram": dict(zip(GRID_STEP_BINS, acc.grid_steps.counts.tolist())),
+                "histogram": dict(zip(GRID_STEP_BINS, acc.grid_steps.counts.tolist(), strict=True)),
             },
             "ulp": self.ulp.result(),
             "stiffness": {
@@ -398,6 +400,7 @@ def tensor_metrics(
     if before.numel() == 0:
         acc.counts.add("numel", 0)
     scales = {
-        fmt.name: scale_summary(pair[0], before, fmt) for fmt, pair in zip(formats, scale_pairs)
+        fmt.name: scale_summary(pair[0], before, fmt)
+        for fmt, pair in zip(formats, scale_pairs, strict=True)
     }
     return acc.results(), scales
