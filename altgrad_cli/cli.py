@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
+from contextlib import contextmanager
 from enum import Enum
+from importlib import resources
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from altgrad_cli.errors import AltgradError
+from altgrad_cli.errors import AltgradError, InputError, UsageError
 from altgrad_cli.formats import registry
 
 app = typer.Typer(
@@ -31,6 +35,11 @@ def _fail(error: AltgradError) -> None:
     """One line on stderr and the error's exit code; the traceback only with --debug/ALTGRAD_DEBUG."""
     if os.environ.get("ALTGRAD_DEBUG") == "1":
         raise error
+    if isinstance(error, UsageError):
+        Console(stderr=True, highlight=False).print(
+            f"[red]usage error:[/red] {error}", soft_wrap=True
+        )
+        raise typer.Exit(error.exit_code)
     Console(stderr=True, highlight=False).print(f"[red]error:[/red] {error}", soft_wrap=True)
     raise typer.Exit(error.exit_code)
 
@@ -66,6 +75,175 @@ def formats_command(
     from altgrad_cli.render.formats_table import render_formats
 
     render_formats(registry(), Console())
+
+
+class Output(str, Enum):
+    table = "table"
+    json = "json"
+    jsonl = "jsonl"
+    csv = "csv"
+    markdown = "markdown"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file beside `path`, then rename: a failed run never leaves half a report."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise InputError(path, f"cannot write: {error.strerror or error}") from error
+
+
+def _render(report, output: Output, width: int | None = None) -> str:
+    from altgrad_cli.render import csv_out, json_out, markdown
+
+    if output is Output.json:
+        return json_out.render_json(report)
+    if output is Output.jsonl:
+        return json_out.render_jsonl(report)
+    if output is Output.csv:
+        return csv_out.render_csv(report)
+    if output is Output.markdown:
+        return markdown.render_markdown(report)
+    from altgrad_cli.render.table import render_table
+
+    console = Console(record=True, width=width or 120, file=io.StringIO(), color_system=None)
+    render_table(report, console)
+    return console.export_text()
+
+
+@app.command("analyze")
+def analyze_command(
+    before: Annotated[
+        Path,
+        typer.Argument(help="BEFORE checkpoint: .safetensors file, sharded folder or index file."),
+    ],
+    after: Annotated[Path, typer.Argument(help="AFTER checkpoint, same layouts.")],
+    grads: Annotated[
+        Path | None, typer.Option("--grads", "-g", help="Gradients, same layouts and names.")
+    ] = None,
+    format: Annotated[
+        list[str], typer.Option("--format", "-f", help="Format(s) to analyse (repeatable).")
+    ] = ["e4m3fn"],
+    scaling: Annotated[
+        str, typer.Option(help="tensor | pow2 | channel | block:N[:floor|rceil|ceil|even] | none")
+    ] = "tensor",
+    rescale: Annotated[
+        bool, typer.Option("--rescale", help="Scale AFTER by its own amax (current scaling).")
+    ] = False,
+    grad_eps: Annotated[
+        float, typer.Option("--grad-eps", help="|grad| above this counts as an update.")
+    ] = 1e-10,
+    strip_prefix: Annotated[
+        list[str], typer.Option("--strip-prefix", help="Prefix removed from names (repeatable).")
+    ] = [],
+    include: Annotated[
+        str | None, typer.Option(help="Only tensors whose name matches this regex.")
+    ] = None,
+    exclude: Annotated[
+        str | None, typer.Option(help="Leave out tensors whose name matches this regex.")
+    ] = None,
+    output: Annotated[
+        Output, typer.Option("--output", "-o", help="table | json | jsonl | csv | markdown")
+    ] = Output.table,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Write the report here (atomically) instead of stdout."),
+    ] = None,
+    sort: Annotated[
+        str | None, typer.Option(help="Sort tensors by this key, largest first (e.g. stall_ratio).")
+    ] = None,
+    top: Annotated[
+        int | None, typer.Option(help="Keep only the first N tensor records (after --sort).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    chunk_size: Annotated[
+        int, typer.Option("--chunk-size", help="Elements per chunk (memory bound).")
+    ] = 1 << 20,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Analyse one optimizer step: flips, stalls, ULPs, grid alignment and stiffness, per tensor and format."""
+    from altgrad_cli.analyze import analyze
+
+    try:
+        with _progress(quiet) as progress:
+            report = analyze(
+                before,
+                after,
+                grads=grads,
+                formats=format,
+                scaling=scaling,
+                rescale=rescale,
+                grad_eps=grad_eps,
+                strip_prefix=strip_prefix,
+                include=include,
+                exclude=exclude,
+                chunk_size=chunk_size,
+                progress=progress,
+            )
+        report = _sorted(report, sort, top)
+        text = _render(report, output)
+        if out is not None:
+            _write_atomic(out, text)
+        else:
+            sys.stdout.write(text)
+    except AltgradError as error:
+        if debug:
+            raise
+        _fail(error)
+
+
+def _sorted(report, key: str | None, top: int | None):
+    from dataclasses import replace
+
+    layers = list(report.layers)
+    if key is not None:
+        from altgrad_cli.render.columns import value
+
+        if layers and all(value(layer, key) is None for layer in layers):
+            raise UsageError(f"--sort {key!r}: no such metric in the layer records")
+        layers.sort(
+            key=lambda layer: (value(layer, key) is None, -(value(layer, key) or 0), layer.name)
+        )
+    if top is not None:
+        if top < 0:
+            raise UsageError("--top must be >= 0")
+        layers = layers[:top]
+    return replace(report, layers=tuple(layers))
+
+
+@contextmanager
+def _progress(quiet: bool):
+    """A progress bar on stderr (only on a terminal, never with --quiet)."""
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("analysing", total=None)
+
+        def update(done: int, total: int, name: str) -> None:
+            bar.update(task, completed=done, total=total, description=name[:40])
+
+        yield update
+
+
+@app.command("schema")
+def schema_command() -> None:
+    """Print the JSON Schema of the report (`--output json`)."""
+    sys.stdout.write(
+        resources.files("altgrad_cli").joinpath("report.schema.json").read_text(encoding="utf-8")
+    )
 
 
 def main() -> None:

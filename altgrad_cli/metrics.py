@@ -371,6 +371,24 @@ def tensor_metrics(
     chunk: int = DEFAULT_CHUNK,
 ) -> tuple[dict[str, dict], dict[str, dict]]:
     """(records, scales) per format name for one tensor, streamed in chunks of about `chunk` elements."""
+    acc, scales = accumulate_tensor(
+        before, after, grad, formats, scaling, rescale=rescale, grad_eps=grad_eps, chunk=chunk
+    )
+    return acc.results(), scales
+
+
+def accumulate_tensor(
+    before: Tensor,
+    after: Tensor,
+    grad: Tensor | None,
+    formats: Sequence[Format],
+    scaling: Scaling | str = "tensor",
+    *,
+    rescale: bool = False,
+    grad_eps: float = DEFAULT_GRAD_EPS,
+    chunk: int = DEFAULT_CHUNK,
+) -> tuple[TensorAccumulator, dict[str, dict]]:
+    """The mergeable accumulator of one tensor (for summaries across tensors) and its scales."""
     scaling = parse_scaling(scaling)
     formats = tuple(formats)
     scale_pairs: list[tuple[Scale, Scale]] = []
@@ -403,4 +421,4 @@ def tensor_metrics(
         fmt.name: scale_summary(pair[0], before, fmt)
         for fmt, pair in zip(formats, scale_pairs, strict=True)
     }
-    return acc.results(), scales
+    return acc, scales

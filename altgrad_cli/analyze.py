@@ -1,0 +1,159 @@
+"""The pipeline: checkpoints in, one result per tensor out, a Report at the end. It never prints.
+
+Tensors stream one at a time from memory-mapped files and big tensors in chunks, so peak
+memory stays bounded by the chunk size, not by the checkpoint or the tensor.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from altgrad_cli.checkpoint import Checkpoint
+from altgrad_cli.errors import InputError
+from altgrad_cli.formats import Format, get_format
+from altgrad_cli.metrics import (
+    DEFAULT_CHUNK,
+    DEFAULT_GRAD_EPS,
+    TensorAccumulator,
+    accumulate_tensor,
+)
+from altgrad_cli.pairing import Pair, pair_tensors
+from altgrad_cli.quantize import parse_scaling
+from altgrad_cli.report import LayerRecord, Report, SummaryRecord
+
+Progress = Callable[[int, int, str], None]
+"""progress(done, total, name): called after each tensor; the CLI draws a bar with it."""
+
+
+@dataclass(frozen=True)
+class TensorResult:
+    pair: Pair
+    accumulator: TensorAccumulator
+    scales: dict[str, dict]
+
+    def records(self) -> list[LayerRecord]:
+        results = self.accumulator.results()
+        return [
+            LayerRecord(
+                name=self.pair.name,
+                format=name,
+                dtype=self.pair.before.dtype,
+                shape=self.pair.before.shape,
+                scale=self.scales[name],
+                metrics=record,
+            )
+            for name, record in results.items()
+        ]
+
+
+def iter_tensor_results(
+    pairs: Sequence[Pair],
+    checkpoints: tuple[Checkpoint, Checkpoint, Checkpoint | None],
+    formats: Sequence[Format],
+    scaling: str,
+    *,
+    rescale: bool,
+    grad_eps: float,
+    chunk: int,
+    progress: Progress | None = None,
+) -> Iterator[TensorResult]:
+    before, after, grads = checkpoints
+    for done, pair in enumerate(pairs, start=1):
+        grad = grads.tensor(pair.grad.name) if pair.grad is not None and grads is not None else None
+        acc, scales = accumulate_tensor(
+            before.tensor(pair.before.name),
+            after.tensor(pair.after.name),
+            grad,
+            formats,
+            scaling,
+            rescale=rescale,
+            grad_eps=grad_eps,
+            chunk=chunk,
+        )
+        yield TensorResult(pair, acc, scales)
+        if progress is not None:
+            progress(done, len(pairs), pair.name)
+
+
+def analyze(
+    before: str | os.PathLike[str],
+    after: str | os.PathLike[str],
+    *,
+    grads: str | os.PathLike[str] | None = None,
+    formats: Sequence[str | Format] = ("e4m3fn",),
+    scaling: str = "tensor",
+    rescale: bool = False,
+    grad_eps: float = DEFAULT_GRAD_EPS,
+    strip_prefix: Sequence[str] = (),
+    include: str | None = None,
+    exclude: str | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
+    worst: int = 5,
+    progress: Progress | None = None,
+) -> Report:
+    """Analyse one optimizer step: BEFORE and AFTER checkpoints, optional gradients, one or more formats."""
+    fmts = tuple(dict.fromkeys(get_format(f) for f in formats))
+    scaling_text = str(parse_scaling(scaling))
+    if chunk_size < 1:
+        raise InputError("--chunk-size", "must be at least 1")
+    ckpts = (
+        Checkpoint(before),
+        Checkpoint(after),
+        Checkpoint(grads) if grads is not None else None,
+    )
+    pairs, skipped = pair_tensors(
+        *ckpts, strip_prefixes=tuple(strip_prefix), include=include, exclude=exclude
+    )
+    layers: list[LayerRecord] = []
+    total = TensorAccumulator(fmts, has_grads=grads is not None)
+    for result in iter_tensor_results(
+        pairs,
+        ckpts,
+        fmts,
+        scaling_text,
+        rescale=rescale,
+        grad_eps=grad_eps,
+        chunk=chunk_size,
+        progress=progress,
+    ):
+        layers.extend(result.records())
+        total.merge(result.accumulator)
+    summary = []
+    for fmt, (name, record) in zip(fmts, total.results().items(), strict=True):
+        own = sorted(
+            (r for r in layers if r.format == name),
+            key=lambda r: (-r.metrics["stall_ratio"], r.name),
+        )
+        worst_rows = tuple(
+            {
+                "name": r.name,
+                "stall_ratio": r.metrics["stall_ratio"],
+                "updates": r.metrics["updates"],
+                "flips": r.metrics["flips"],
+            }
+            for r in own[:worst]
+        )
+        summary.append(SummaryRecord(fmt.name, len(pairs), record, worst_rows))
+    return Report(
+        inputs={
+            "before": str(before),
+            "after": str(after),
+            "grads": None if grads is None else str(grads),
+        },
+        options={
+            "formats": [f.name for f in fmts],
+            "scaling": scaling_text,
+            "rescale": rescale,
+            "grad_eps": grad_eps,
+            "strip_prefix": list(strip_prefix),
+            "include": include,
+            "exclude": exclude,
+            "chunk_size": chunk_size,
+        },
+        formats=tuple(f.to_dict() for f in fmts),
+        layers=tuple(layers),
+        summary=tuple(summary),
+        skipped=tuple(skipped),
+    )
