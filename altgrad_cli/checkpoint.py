@@ -108,7 +108,7 @@ class SafetensorsFile:
             if info.end > info.begin:
                 spans.append((info.begin, info.end, name))
         spans.sort()
-        for (_, end_a, name_a), (begin_b, _, name_b) in zip(spans, spans[1:]):
+        for (_, end_a, name_a), (begin_b, _, name_b) in zip(spans, spans[1:], strict=False):
             if begin_b < end_a:
                 raise self._fail(f"corrupt header: tensors {name_a!r} and {name_b!r} overlap")
 
