@@ -3,6 +3,7 @@
 The public library API, listed once. Importing it loads torch but not typer or rich.
 """
 
+from altgrad_cli.analyze import analyze
 from altgrad_cli.diagnostics import (
     compute_stiffness_field,
     compute_ulp_distance,
@@ -48,6 +49,7 @@ __all__ = [
     "Scaling",
     "UsageError",
     "WeightFlipTracker",
+    "analyze",
     "__version__",
     "compute_scale",
     "compute_stall_ratio",
