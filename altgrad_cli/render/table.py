@@ -28,15 +28,16 @@ def _metric_table(
     table.add_column("format")
     for header, _ in columns:
         table.add_column(header, justify="right")
-    for layer in report.layers:
-        table.add_row(layer.name, layer.format, *[fmt_number(value(layer, k)) for _, k in columns])
+    last = len(report.layers) - 1
+    for i, layer in enumerate(report.layers):
+        cells = [fmt_number(value(layer, k)) for _, k in columns]
+        table.add_row(layer.name, layer.format, *cells, end_section=summary and i == last)
     if summary:
         for s in report.summary:
             table.add_row(
                 Text(f"all {s.tensors} tensors", style="bold"),
                 Text(s.format, style="bold"),
                 *[Text(fmt_number(value(s, k)), style="bold") for _, k in columns],
-                end_section=s is report.summary[0],
             )
     return table
 
