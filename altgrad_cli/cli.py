@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from contextlib import contextmanager
+from dataclasses import replace
 from enum import Enum
 from importlib import resources
 from pathlib import Path
@@ -15,8 +16,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from altgrad_cli.checks import checks_section, evaluate, parse_rule
 from altgrad_cli.errors import AltgradError, InputError, UsageError
 from altgrad_cli.formats import registry
+from altgrad_cli.report import SCHEMA
 
 app = typer.Typer(
     add_completion=False,
@@ -153,7 +156,8 @@ def analyze_command(
         typer.Option("--out", help="Write the report here (atomically) instead of stdout."),
     ] = None,
     sort: Annotated[
-        str | None, typer.Option(help="Sort tensors by this key, largest first (e.g. stall_ratio).")
+        str | None,
+        typer.Option(help="Sort tensors by this key, largest first (e.g. stall_ratio)."),
     ] = None,
     top: Annotated[
         int | None, typer.Option(help="Keep only the first N tensor records (after --sort).")
@@ -162,12 +166,27 @@ def analyze_command(
     chunk_size: Annotated[
         int, typer.Option("--chunk-size", help="Elements per chunk (memory bound).")
     ] = 1 << 20,
+    fail_if: Annotated[
+        list[str], typer.Option("--fail-if", help="CI rule `[summary.]KEY OP VALUE` (repeatable).")
+    ] = [],
+    baseline: Annotated[
+        Path | None, typer.Option("--baseline", help="Earlier JSON report for `baseline` rules.")
+    ] = None,
+    layer: Annotated[
+        str | None,
+        typer.Option("--layer", help="Apply rules only to tensors matching this regex."),
+    ] = None,
+    junit: Annotated[
+        Path | None, typer.Option("--junit", help="Write rule results as JUnit XML here.")
+    ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     """Analyse one optimizer step: flips, stalls, ULPs, grid alignment and stiffness, per tensor and format."""
     from altgrad_cli.analyze import analyze
 
     try:
+        rules = [parse_rule(text) for text in fail_if]
+        baseline_report = _load_report(baseline) if baseline is not None else None
         with _progress(quiet) as progress:
             report = analyze(
                 before,
@@ -183,21 +202,108 @@ def analyze_command(
                 chunk_size=chunk_size,
                 progress=progress,
             )
+        results = []
+        if rules:
+            results = evaluate(report.to_dict(), rules, baseline=baseline_report, layer=layer)
+            report = replace(report, checks=checks_section(rules, results))
         report = _sorted(report, sort, top)
         text = _render(report, output)
         if out is not None:
             _write_atomic(out, text)
         else:
             sys.stdout.write(text)
+        _finish_checks(results, junit)
     except AltgradError as error:
         if debug:
             raise
         _fail(error)
 
 
-def _sorted(report, key: str | None, top: int | None):
-    from dataclasses import replace
+@app.command("check")
+def check_command(
+    report_path: Annotated[
+        Path, typer.Argument(metavar="REPORT.json", help="A report written by `analyze -o json`.")
+    ],
+    fail_if: Annotated[
+        list[str], typer.Option("--fail-if", help="CI rule `[summary.]KEY OP VALUE` (repeatable).")
+    ] = [],
+    baseline: Annotated[
+        Path | None, typer.Option("--baseline", help="Earlier JSON report for `baseline` rules.")
+    ] = None,
+    layer: Annotated[
+        str | None,
+        typer.Option("--layer", help="Apply rules only to tensors matching this regex."),
+    ] = None,
+    format: Annotated[
+        list[str], typer.Option("--format", "-f", help="Apply rules only to these formats.")
+    ] = [],
+    junit: Annotated[
+        Path | None, typer.Option("--junit", help="Write rule results as JUnit XML here.")
+    ] = None,
+    output: Annotated[
+        Output | None, typer.Option("--output", "-o", help="Print the checks as json.")
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Gate a saved report: exit 1 when a rule fails, 0 when every rule holds."""
+    try:
+        if not fail_if:
+            raise UsageError("give at least one --fail-if RULE")
+        rules = [parse_rule(text) for text in fail_if]
+        report = _load_report(report_path)
+        baseline_report = _load_report(baseline) if baseline is not None else None
+        results = evaluate(
+            report, rules, baseline=baseline_report, layer=layer, formats=format or None
+        )
+        if output is Output.json:
+            sys.stdout.write(json.dumps(checks_section(rules, results), indent=2) + "\n")
+        _finish_checks(results, junit)
+    except AltgradError as error:
+        if debug:
+            raise
+        _fail(error)
 
+
+def _load_report(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as error:
+        raise InputError(path, "no such file") from error
+    except PermissionError as error:
+        raise InputError(path, "permission denied") from error
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(path, f"not a valid JSON report ({error})") from error
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise InputError(path, f"not an altgrad report (expected schema {SCHEMA!r})")
+    return data
+
+
+def _finish_checks(results: list, junit: Path | None) -> None:
+    """Report failures on stderr, write JUnit and the GitHub step summary, exit 1 on a failure."""
+    if not results and junit is None:
+        return
+    from altgrad_cli.render.junit import render_junit, render_step_summary
+
+    if junit is not None:
+        _write_atomic(junit, render_junit(results))
+    summary_path = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary_path and results:
+        with open(summary_path, "a", encoding="utf-8") as handle:
+            handle.write(render_step_summary(results))
+    failed = [r for r in results if r.status == "fail"]
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    for r in failed:
+        err.print(
+            f"FAIL {r.rule}: {r.target} [{r.format}] = {r.value!r} (threshold {r.threshold!r})",
+            markup=False,
+        )
+    if results:
+        err.print(f"altgrad: {len(failed)} of {len(results)} checks failed", markup=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _sorted(report, key: str | None, top: int | None):
     layers = list(report.layers)
     if key is not None:
         from altgrad_cli.render.columns import value

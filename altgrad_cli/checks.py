@@ -1,0 +1,205 @@
+"""CI rules: `[summary.]KEY OP VALUE`, parsed by a small grammar (never eval) and evaluated on report dicts.
+
+VALUE is a number, or `baseline` optionally followed by `+ N`, `- N` or `* N`, where `baseline`
+is the same KEY for the same tensor and format in a baseline report. Pure: no printing, no I/O.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from altgrad_cli.errors import UsageError
+from altgrad_cli.report import lookup
+
+OPERATORS: dict[str, Callable[[float, float], bool]] = {
+    "<=": operator.le,
+    ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    ">": operator.gt,
+}
+_NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
+_KEY = re.compile(r"\s*(summary\.)?([A-Za-z_][\w\-+]*(?:\.[\w\-+]+)*)\s*")
+_OP = re.compile(r"(<=|>=|==|!=|<|>)\s*")
+_VALUE = re.compile(rf"(?:({_NUMBER})|baseline(?:\s*([+\-*])\s*({_NUMBER}))?)\s*$")
+
+
+@dataclass(frozen=True)
+class Rule:
+    text: str
+    summary: bool
+    key: str
+    op: str
+    number: float | None  # None: relative to the baseline
+    baseline_op: str | None = None
+    baseline_arg: float = 0.0
+
+    @property
+    def uses_baseline(self) -> bool:
+        return self.number is None
+
+    def threshold(self, baseline: float) -> float:
+        if self.baseline_op == "+":
+            return baseline + self.baseline_arg
+        if self.baseline_op == "-":
+            return baseline - self.baseline_arg
+        if self.baseline_op == "*":
+            return baseline * self.baseline_arg
+        return baseline
+
+
+def _syntax_error(text: str, position: int, expected: str) -> UsageError:
+    pointer = " " * position + "^"
+    return UsageError(
+        f"bad rule {text!r}: expected {expected} at column {position + 1}\n  {text}\n  {pointer}"
+    )
+
+
+def parse_rule(text: str) -> Rule:
+    """Parse one rule; a syntax error says where and what was expected."""
+    key_match = _KEY.match(text)
+    if key_match is None or not key_match.group(2):
+        raise _syntax_error(text, 0, "a metric key such as stall_ratio or ulp.median")
+    pos = key_match.end()
+    op_match = _OP.match(text, pos)
+    if op_match is None:
+        raise _syntax_error(text, pos, "an operator: < <= > >= == !=")
+    pos = op_match.end()
+    value_match = _VALUE.match(text, pos)
+    if value_match is None:
+        raise _syntax_error(text, pos, "a number, or baseline [+|-|* NUMBER]")
+    number, bop, barg = value_match.groups()
+    return Rule(
+        text=text.strip(),
+        summary=bool(key_match.group(1)),
+        key=key_match.group(2),
+        op=op_match.group(1),
+        number=float(number) if number is not None else None,
+        baseline_op=bop,
+        baseline_arg=float(barg) if barg is not None else 0.0,
+    )
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One rule on one tensor (or the summary) in one format."""
+
+    rule: str
+    target: str  # tensor name, or "summary"
+    format: str
+    value: float | None
+    threshold: float | None
+    status: str  # "pass", "fail" or "skip"
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule,
+            "target": self.target,
+            "format": self.format,
+            "value": self.value,
+            "threshold": self.threshold,
+            "status": self.status,
+            "message": self.message,
+        }
+
+
+def _leaf_keys(record: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in record.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            keys += _leaf_keys(value, f"{path}.")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            keys.append(path)
+    return keys
+
+
+def _numeric(record: dict[str, Any], rule: Rule) -> float:
+    try:
+        value = lookup(record, rule.key)
+    except KeyError:
+        head = rule.key.split(".")[0]
+        if head in record and record[head] is None:
+            raise UsageError(
+                f"rule {rule.text!r}: the report has no {head} (it needs --grads)"
+            ) from None
+        valid = ", ".join(sorted(_leaf_keys(record)))
+        raise UsageError(
+            f"rule {rule.text!r}: unknown key {rule.key!r}; valid keys: {valid}"
+        ) from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UsageError(f"rule {rule.text!r}: {rule.key!r} is not a number")
+    return float(value)
+
+
+def _baseline_index(baseline: dict[str, Any] | None) -> dict[tuple[str, str], dict[str, Any]]:
+    if baseline is None:
+        return {}
+    index = {(layer["name"], layer["format"]): layer for layer in baseline.get("layers", [])}
+    index.update({("summary", s["format"]): s for s in baseline.get("summary", [])})
+    return index
+
+
+def evaluate(
+    report: dict[str, Any],
+    rules: Sequence[Rule],
+    *,
+    baseline: dict[str, Any] | None = None,
+    layer: str | None = None,
+    formats: Sequence[str] | None = None,
+) -> list[CheckResult]:
+    """Every rule on every selected tensor (or summary) and format, in a stable order."""
+    try:
+        layer_re = re.compile(layer) if layer is not None else None
+    except re.error as error:
+        raise UsageError(f"--layer {layer!r} is not a valid regular expression: {error}") from error
+    if any(rule.uses_baseline for rule in rules) and baseline is None:
+        raise UsageError("a rule compares with baseline but no --baseline report was given")
+    base = _baseline_index(baseline)
+    results = []
+    for rule in rules:
+        if rule.summary:
+            targets = [("summary", s["format"], s) for s in report.get("summary", [])]
+        else:
+            targets = [(r["name"], r["format"], r) for r in report.get("layers", [])]
+            if layer_re is not None:
+                targets = [t for t in targets if layer_re.search(t[0])]
+        if formats:
+            targets = [t for t in targets if t[1] in formats]
+        for target, fmt, record in targets:
+            value = _numeric(record, rule)
+            if rule.uses_baseline:
+                old = base.get((target, fmt))
+                if old is None:
+                    results.append(
+                        CheckResult(
+                            rule.text, target, fmt, value, None, "skip", "not in the baseline"
+                        )
+                    )
+                    continue
+                threshold = rule.threshold(_numeric(old, rule))
+            else:
+                threshold = float(rule.number)
+            triggered = OPERATORS[rule.op](
+                value, threshold
+            )  # --fail-if: the rule describes a failure
+            status = "fail" if triggered else "pass"
+            results.append(CheckResult(rule.text, target, fmt, value, threshold, status))
+    return results
+
+
+def checks_section(rules: Sequence[Rule], results: Sequence[CheckResult]) -> dict[str, Any]:
+    """The `checks` section of the JSON report."""
+    failed = [r for r in results if r.status == "fail"]
+    return {
+        "rules": [rule.text for rule in rules],
+        "passed": not failed,
+        "failures": len(failed),
+        "results": [r.to_dict() for r in results],
+    }
