@@ -357,3 +357,13 @@ def main() -> None:
         app()
     except AltgradError as error:  # raised outside a command body (option callbacks)
         _fail(error)
+    except (
+        Exception
+    ) as error:  # a bug, not bad input: still one line, unless asked for the traceback
+        if os.environ.get("ALTGRAD_DEBUG") == "1":
+            raise
+        Console(stderr=True, highlight=False).print(
+            f"[red]internal error:[/red] {type(error).__name__}: {error} (ALTGRAD_DEBUG=1 shows the traceback; please report it)",
+            soft_wrap=True,
+        )
+        raise SystemExit(3) from None
