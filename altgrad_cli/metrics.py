@@ -8,7 +8,7 @@ materialised at full-tensor size, so memory is bounded by the chunk size.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -23,18 +23,18 @@ from altgrad_cli.quantize import (
     decode_magnitude,
     encode_scaled,
     exp2_int,
+    iter_chunks,
     overflow_mask,
     parse_scaling,
     working_dtype,
 )
 from altgrad_cli.stats import (
-    GRID_STEP_BINS,
     BinnedCounts,
     CoMoments,
     Counts,
     Moments,
     UlpHistogram,
-    grid_step_bin,
+    fold_grid_steps,
 )
 
 DEFAULT_GRAD_EPS = 1e-10
@@ -55,8 +55,14 @@ def storage_ordinals(raw: Tensor) -> Tensor:
     return torch.where(bits < 0, -magnitude, magnitude)
 
 
-def floor_log2_abs(y: Tensor) -> Tensor:
-    """floor(log2 |y|) of non-zero finite values, exactly, as int64."""
+def floor_log2_abs(y: Tensor, floor_at: int | None = None) -> Tensor:
+    """floor(log2 |y|) of non-zero finite values, exactly, as int64.
+
+    With `floor_at` >= -126 and float32 input, results below it may be any value <= floor_at
+    (the caller clamps): that lets the exponent come straight from the bit pattern.
+    """
+    if y.dtype == torch.float32 and floor_at is not None and floor_at >= -126:
+        return ((y.view(torch.int32) >> 23) & 0xFF).to(torch.int64) - 127
     _, expo = torch.frexp(y)
     return expo.to(torch.int64) - 1
 
@@ -66,9 +72,7 @@ class FormatAccumulator:
     """Everything one (tensor, format) record needs, mergeable."""
 
     counts: Counts = field(default_factory=Counts)
-    grid_steps: BinnedCounts = field(
-        default_factory=lambda: BinnedCounts.empty(0, len(GRID_STEP_BINS) - 1)
-    )
+    grid_steps: BinnedCounts = field(default_factory=lambda: BinnedCounts.empty(0, 16))
     stiffness: Moments = field(default_factory=Moments)
     stiffness_hist: BinnedCounts = field(
         default_factory=lambda: BinnedCounts.empty(_EXP_LOW, _EXP_HIGH)
@@ -180,7 +184,7 @@ class TensorAccumulator:
             acc.counts.add("flips_on_updates", (flipped & updated).sum())
             acc.counts.add("steps_sum", steps.sum(dtype=torch.int64))
             acc.steps_max = max(acc.steps_max, int(steps.max()))
-            acc.grid_steps.update(grid_step_bin(steps))
+            acc.grid_steps.update(steps.clamp(max=16))
             acc.counts.add("overflow", overflow_mask(yb, fmt).sum())
             code_zero = cb == 0
             acc.counts.add("underflow", (code_zero & nonzero).sum())
@@ -213,15 +217,21 @@ class TensorAccumulator:
             acc.counts.add("stiffness_zero", b.numel() - n_nonzero)
             if ybn.numel() == 0:
                 continue
+            # S in float64: s * 2^k is exact there and never underflows, so every ratio stays finite
             if fmt.is_fixed_point:
-                stiff = torch.full_like(ybn, 2.0**-fmt.mantissa_bits)
+                expo = torch.full(ybn.shape, -fmt.mantissa_bits, dtype=torch.int64)
             else:
-                expo = floor_log2_abs(ybn).clamp_(fmt.emin, fmt.emax) - fmt.mantissa_bits
-                stiff = exp2_int(expo, dtype)
-            if sbn is not None:
-                stiff = stiff * sbn
+                expo = floor_log2_abs(ybn, fmt.emin).clamp_(fmt.emin, fmt.emax) - fmt.mantissa_bits
+            stiff = exp2_int(expo, torch.float64)
+            if sbn is None:
+                acc.stiffness_hist.update(expo)
+            elif sbn.dim() == 0:
+                stiff = stiff * sbn.to(torch.float64)
+                acc.stiffness_hist.update(expo + int(floor_log2_abs(sbn.reshape(1))[0]))
+            else:
+                stiff = stiff * sbn.to(torch.float64)
+                acc.stiffness_hist.update(expo + floor_log2_abs(sbn))
             acc.stiffness.update(stiff)
-            acc.stiffness_hist.update(floor_log2_abs(stiff))
             acc.grid_rel.update(errn / stiff)
             ratio = dn / stiff
             acc.update_ratio.update(ratio)
@@ -261,7 +271,7 @@ class TensorAccumulator:
             "grid_steps": {
                 "mean": fc["steps_sum"] / n if n else 0.0,
                 "max": acc.steps_max,
-                "histogram": dict(zip(GRID_STEP_BINS, acc.grid_steps.counts.tolist(), strict=True)),
+                "histogram": fold_grid_steps(acc.grid_steps.counts),
             },
             "ulp": self.ulp.result(),
             "stiffness": {
@@ -318,24 +328,6 @@ def compute_stall_ratio(flips: int, updates: int) -> float:
 
 
 # ----------------------------------------------------------------------------- driving
-
-
-def iter_chunks(
-    rows: int, cols: int, chunk: int, align: int = 1
-) -> Iterator[tuple[int, int, int, int]]:
-    """Chunks (row0, row1, col0, col1) of a rows × cols view: whole rows when a row fits,
-    otherwise column runs of one row whose starts are multiples of `align` (the block size)."""
-    if rows == 0 or cols == 0:
-        return
-    if cols <= chunk:
-        step = max(1, chunk // cols)
-        for r in range(0, rows, step):
-            yield r, min(rows, r + step), 0, cols
-        return
-    width = max(align, chunk // align * align)
-    for r in range(rows):
-        for c in range(0, cols, width):
-            yield r, r + 1, c, min(cols, c + width)
 
 
 def scale_summary(scale: Scale, before: Tensor, fmt: Format) -> dict:

@@ -368,43 +368,69 @@ class Scale:
         return Scale(self.scaling, self.values.to(dtype), self.shape)
 
 
+AMAX_CHUNK = 1 << 20
+
+
+def iter_chunks(rows: int, cols: int, chunk: int, align: int = 1):
+    """Chunks (row0, row1, col0, col1) of a rows × cols view: whole rows when a row fits,
+    otherwise column runs of one row whose starts are multiples of `align` (the block size)."""
+    if rows == 0 or cols == 0:
+        return
+    if cols <= chunk:
+        step = max(1, chunk // cols)
+        for r in range(0, rows, step):
+            yield r, min(rows, r + step), 0, cols
+        return
+    width = max(align, chunk // align * align)
+    for r in range(rows):
+        for c in range(0, cols, width):
+            yield r, r + 1, c, min(cols, c + width)
+
+
+def group_amax(x: Tensor, scaling: Scaling, chunk: int = AMAX_CHUNK) -> Tensor:
+    """amax(|x|) per scale group (0-d, (dim0,) or (rows, blocks)), read in chunks: no |x| copy of the
+    whole tensor is ever made. NaN propagates, so a group holding NaN gets a non-finite amax."""
+    dtype = working_dtype(x.dtype)
+    rows, cols = Scale(scaling, torch.ones(()), tuple(x.shape)).view_shape()
+    view = x.detach().reshape(rows, cols)
+    n = scaling.block if scaling.mode == "block" else 1
+    if scaling.mode == "channel":
+        amax = torch.zeros(rows, dtype=dtype)
+    elif scaling.mode == "block":
+        amax = torch.zeros(rows, (cols + n - 1) // n, dtype=dtype)
+    else:
+        amax = torch.zeros((), dtype=dtype)
+    for r0, r1, c0, c1 in iter_chunks(rows, cols, chunk, n):
+        part = view[r0:r1, c0:c1].to(dtype).abs()
+        if scaling.mode == "channel":
+            amax[r0:r1] = torch.maximum(amax[r0:r1], part.amax(dim=1))
+        elif scaling.mode == "block":
+            width = c1 - c0
+            nb = (width + n - 1) // n
+            padded = torch.nn.functional.pad(part, (0, nb * n - width))
+            amax[r0:r1, c0 // n : c0 // n + nb] = padded.reshape(r1 - r0, nb, n).amax(dim=2)
+        else:
+            amax = torch.maximum(amax, part.amax())
+    return amax
+
+
 def compute_scale(x: Tensor, format: Format | str, scaling: Scaling | str = "tensor") -> Scale:
     """The scales of `scaling` for `x` (float32 arithmetic, float64 for float64 `x`)."""
     fmt = get_format(format)
     scaling = parse_scaling(scaling)
     dtype = working_dtype(x.dtype)
     shape = tuple(x.shape)
-    if scaling.mode == "none" or x.numel() == 0:
-        if scaling.mode in ("channel", "block") and x.numel() == 0:
-            rows, _ = Scale(scaling, torch.ones(()), shape).view_shape()
-            empty = torch.ones((rows,) if scaling.mode == "channel" else (rows, 0), dtype=dtype)
-            return Scale(scaling, empty, shape)
+    if scaling.mode == "none":
         return Scale(scaling, torch.ones((), dtype=dtype), shape)
-    absx = x.detach().to(dtype).abs()
-    if scaling.mode in ("tensor", "pow2"):
-        amax = absx.amax()
-    elif scaling.mode == "channel":
-        amax = absx.reshape(shape[0] if shape else 1, -1).amax(dim=1)
-    else:
-        cols = shape[-1] if shape else 1
-        rows2d = absx.reshape(-1, cols)
-        n = scaling.block
-        nblocks = (cols + n - 1) // n
-        padded = torch.nn.functional.pad(rows2d, (0, nblocks * n - cols))
-        amax = padded.reshape(rows2d.shape[0], nblocks, n).amax(dim=2)
+    amax = group_amax(x, scaling)
+    if x.numel() == 0 and scaling.mode in ("tensor", "pow2"):
+        return Scale(scaling, torch.ones((), dtype=dtype), shape)
     return Scale(scaling, _amax_scale(amax, fmt, scaling), shape)
 
 
 def block_amax(x: Tensor, scale: Scale) -> Tensor:
     """Per-scale amax of |x| in the scale's grouping (for the clipped-blocks fraction)."""
-    absx = x.detach().to(working_dtype(x.dtype)).abs()
-    rows, cols = scale.view_shape()
-    if scale.scaling.mode == "channel":
-        return absx.reshape(rows, cols).amax(dim=1) if cols else torch.zeros(rows)
-    n = scale.scaling.block
-    nblocks = (cols + n - 1) // n
-    padded = torch.nn.functional.pad(absx.reshape(rows, cols), (0, nblocks * n - cols))
-    return padded.reshape(rows, nblocks, n).amax(dim=2)
+    return group_amax(x, scale.scaling)
 
 
 def _as_scale(scale: Scale | Tensor | float | None, dtype: torch.dtype) -> Tensor | None:

@@ -28,10 +28,10 @@ class Moments:
     def update(self, values: Tensor) -> None:
         if values.numel() == 0:
             return
-        v = values.detach().reshape(-1).to(torch.float64)
-        mean = float(v.mean())
-        m2 = float(((v - mean) ** 2).sum())
-        self.merge(Moments(v.numel(), mean, m2, float(v.min()), float(v.max())))
+        v = values.detach().reshape(-1)
+        var, mean = torch.var_mean(v.to(torch.float64), correction=0)
+        low, high = torch.aminmax(v)
+        self.merge(Moments(v.numel(), float(mean), float(var) * v.numel(), float(low), float(high)))
 
     def merge(self, other: Moments) -> None:
         if other.n == 0:
@@ -155,42 +155,42 @@ class BinnedCounts:
 GRID_STEP_BINS = ("0", "1", "2", "3", "4-7", "8-15", "16+")
 
 
-def grid_step_bin(k: Tensor) -> Tensor:
-    """Bin index of |code difference| k: 0, 1, 2, 3, 4–7, 8–15, 16+."""
-    k = k.to(torch.int64)
-    small = k.clamp(max=4)
-    return torch.where(k < 4, small, torch.where(k < 8, 4, torch.where(k < 16, 5, 6)))
+def fold_grid_steps(counts: Tensor) -> dict[str, int]:
+    """Counts of k = 0..15 and 16+ (17 exact bins) folded into the reported 0, 1, 2, 3, 4–7, 8–15, 16+."""
+    c = counts.tolist()
+    folded = [c[0], c[1], c[2], c[3], sum(c[4:8]), sum(c[8:16]), c[16]]
+    return dict(zip(GRID_STEP_BINS, folded, strict=True))
 
 
 class UlpHistogram:
-    """Distances in storage ULPs: exact counts up to 64, geometric bins 1 % wide above.
+    """Distances in storage ULPs: exact counts up to 64, bins under 0.8 % wide above.
 
-    The lower median (the ceil(n/2)-th smallest) is exact when it is <= 64 and within 1 %
-    relative above; the max and the mean are tracked exactly alongside.
+    Above 64 a distance's bin is its float32 bit pattern with the low 16 bits dropped (exponent
+    and 7 mantissa bits): one shift, no logarithm. The lower median (the ceil(n/2)-th smallest)
+    is exact when it is <= 64 and within 1 % relative above; max and mean are exact.
     """
 
     EXACT = 64
-    RATIO = 1.01
-    _LOG_RATIO = math.log(RATIO)
-    _TOP = 2**64
+    _SHIFT = 16
+    _BASE = (0x42820000 >> 16) - EXACT - 1  # bits of 65.0 >> 16, placed right after the exact bins
+    _TOP = (0x7F800000 >> 16) - _BASE
 
     def __init__(self) -> None:
-        n_geo = math.ceil(math.log(self._TOP / (self.EXACT + 1)) / self._LOG_RATIO) + 2
-        self.counts = torch.zeros(self.EXACT + 1 + n_geo, dtype=torch.int64)
+        self.counts = torch.zeros(self._TOP + 1, dtype=torch.int64)
         self.n = 0
-        self.total = 0.0
+        self.total = 0
         self.zeros = 0
         self.max = 0
 
     def _bin(self, d: Tensor) -> Tensor:
-        geo = torch.floor(torch.log(d.to(torch.float64) / (self.EXACT + 1)) / self._LOG_RATIO)
-        geo = geo.clamp(min=0).to(torch.int64) + self.EXACT + 1
-        return torch.where(d <= self.EXACT, d, geo).clamp(max=len(self.counts) - 1)
+        coarse = (d.to(torch.float32).view(torch.int32) >> self._SHIFT).to(torch.int64) - self._BASE
+        return torch.where(d <= self.EXACT, d, coarse)
 
     def _lower_edge(self, index: int) -> int:
         if index <= self.EXACT:
             return index
-        return math.ceil((self.EXACT + 1) * self.RATIO ** (index - self.EXACT - 1))
+        bits = torch.tensor((index + self._BASE) << self._SHIFT, dtype=torch.int32)
+        return int(bits.view(torch.float32).item())
 
     def update(self, d: Tensor) -> None:
         """d: non-negative int64 distances."""
@@ -199,7 +199,7 @@ class UlpHistogram:
         d = d.reshape(-1).to(torch.int64)
         self.counts += torch.bincount(self._bin(d), minlength=len(self.counts))
         self.n += d.numel()
-        self.total += float(d.sum(dtype=torch.float64)) if d.numel() else 0.0
+        self.total += int(d.sum())
         self.zeros += int((d == 0).sum())
         self.max = max(self.max, int(d.max()))
 
@@ -215,7 +215,7 @@ class UlpHistogram:
             return 0
         rank = (self.n + 1) // 2  # the lower median: ceil(n/2)-th smallest
         index = int(torch.searchsorted(torch.cumsum(self.counts, 0), torch.tensor(rank)))
-        return min(self._lower_edge(index), self.max)
+        return min(max(self._lower_edge(index), 0), self.max)
 
     def result(self) -> dict[str, float | int]:
         return {
