@@ -22,7 +22,6 @@ from altgrad_cli.quantize import (
     compute_scale,
     decode_magnitude,
     encode_scaled,
-    exp2_int,
     iter_chunks,
     overflow_mask,
     parse_scaling,
@@ -32,6 +31,7 @@ from altgrad_cli.stats import (
     BinnedCounts,
     CoMoments,
     Counts,
+    Mean,
     Moments,
     UlpHistogram,
     fold_grid_steps,
@@ -73,15 +73,15 @@ class FormatAccumulator:
 
     counts: Counts = field(default_factory=Counts)
     grid_steps: BinnedCounts = field(default_factory=lambda: BinnedCounts.empty(0, 16))
-    stiffness: Moments = field(default_factory=Moments)
+    stiffness: Mean = field(default_factory=lambda: Mean(track_range=True))
     stiffness_hist: BinnedCounts = field(
         default_factory=lambda: BinnedCounts.empty(_EXP_LOW, _EXP_HIGH)
     )
     grid_error: Moments = field(default_factory=Moments)
-    grid_rel: Moments = field(default_factory=Moments)
+    grid_rel: Mean = field(default_factory=Mean)
     grad: CoMoments = field(default_factory=CoMoments)
-    grad_ratio: Moments = field(default_factory=Moments)
-    update_ratio: Moments = field(default_factory=Moments)
+    grad_ratio: Mean = field(default_factory=Mean)
+    update_ratio: Mean = field(default_factory=Mean)
     steps_max: int = 0
 
     def merge(self, other: FormatAccumulator) -> None:
@@ -176,9 +176,11 @@ class TensorAccumulator:
             acc = self.per_format[fmt.name]
             yb = b if s_before is None else b / s_before
             ya = a if s_after is None else a / s_after
-            cb = encode_scaled(yb, fmt).to(torch.int32)
-            ca = encode_scaled(ya, fmt).to(torch.int32)
-            steps = (ca - cb).abs_()
+            cb, ca = encode_scaled(yb, fmt), encode_scaled(ya, fmt)
+            wide = (
+                torch.int16 if cb.dtype == torch.int8 else torch.int32
+            )  # a code difference needs one more bit
+            steps = (ca.to(wide) - cb).abs_()
             flipped = steps != 0
             acc.counts.add("flips", flipped.sum())
             acc.counts.add("flips_on_updates", (flipped & updated).sum())
@@ -189,9 +191,10 @@ class TensorAccumulator:
             code_zero = cb == 0
             acc.counts.add("underflow", (code_zero & nonzero).sum())
 
-            q_abs = decode_magnitude(cb.abs(), fmt, dtype)
+            # |b - Q(b)| in float64: exact there, and s * q may exceed float32's range (pow2 scales)
+            q_abs = decode_magnitude(cb.to(wide).abs_(), fmt, dtype).to(torch.float64)
             if s_before is not None:
-                q_abs = q_abs * s_before
+                q_abs *= s_before
             error = (b.abs() - q_abs).abs_()
             acc.grid_error.update(error)
             acc.counts.add("on_grid", (error == 0).sum())
@@ -222,7 +225,7 @@ class TensorAccumulator:
                 expo = torch.full(ybn.shape, -fmt.mantissa_bits, dtype=torch.int64)
             else:
                 expo = floor_log2_abs(ybn, fmt.emin).clamp_(fmt.emin, fmt.emax) - fmt.mantissa_bits
-            stiff = exp2_int(expo, torch.float64)
+            stiff = ((expo + 1023) << 52).view(torch.float64)  # 2^k: always a normal float64 here
             if sbn is None:
                 acc.stiffness_hist.update(expo)
             elif sbn.dim() == 0:

@@ -60,6 +60,47 @@ class Moments:
 
 
 @dataclass
+class Mean:
+    """Count, float64 sum and (optionally) min/max: the cheap accumulator for reported means.
+
+    One pass, no float64 copy of the chunk (the sum accumulates in float64 directly).
+    """
+
+    track_range: bool = False
+    n: int = 0
+    total: float = 0.0
+    min: float = math.inf
+    max: float = -math.inf
+
+    def update(self, values: Tensor) -> None:
+        if values.numel() == 0:
+            return
+        v = values.detach().reshape(-1)
+        self.n += v.numel()
+        self.total += float(v.sum(dtype=torch.float64))
+        if self.track_range:
+            low, high = torch.aminmax(v)
+            self.min, self.max = min(self.min, float(low)), max(self.max, float(high))
+
+    def merge(self, other: Mean) -> None:
+        self.n += other.n
+        self.total += other.total
+        self.min, self.max = min(self.min, other.min), max(self.max, other.max)
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.n if self.n else 0.0
+
+    def result(self) -> dict[str, float | None]:
+        empty = self.n == 0
+        return {
+            "mean": self.mean,
+            "min": None if empty else self.min,
+            "max": None if empty else self.max,
+        }
+
+
+@dataclass
 class CoMoments:
     """Means, M2s and the co-moment of pairs (x, y), for Pearson correlation."""
 

@@ -68,7 +68,7 @@ def _reference_record(before, after, grad, fmt_name, scaling):
     else:
         e = np.floor(np.log2(np.abs(yb[nz]).astype(np.float64)))
         stiff = s64[nz] * 2.0 ** (np.clip(e, fmt.emin, fmt.emax) - fmt.mantissa_bits)
-    err = np.abs(np.abs(b) - np.abs(s * qb.astype(np.float32))).astype(np.float64)
+    err = np.abs(np.abs(b).astype(np.float64) - np.abs(s64 * qb))  # exact in float64
     d = np.abs(_ordinals_f32(a) - _ordinals_f32(b))
     ratio = np.abs(a - b)[nz].astype(np.float64) / stiff
     grad_ratio = np.abs(g[nz]).astype(np.float64) / stiff
