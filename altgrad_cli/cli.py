@@ -117,6 +117,25 @@ def _render(report, output: Output, width: int | None = None) -> str:
     return console.export_text()
 
 
+# The CI-rule options, shared by `analyze` and `check`.
+FailIfOption = Annotated[
+    list[str],
+    typer.Option(
+        "--fail-if",
+        help="Fail when this rule holds: KEY OP VALUE or summary.KEY OP VALUE (repeatable).",
+    ),
+]
+BaselineOption = Annotated[
+    Path | None, typer.Option("--baseline", help="Earlier JSON report for `baseline` rules.")
+]
+LayerOption = Annotated[
+    str | None, typer.Option("--layer", help="Apply rules only to tensors matching this regex.")
+]
+JunitOption = Annotated[
+    Path | None, typer.Option("--junit", help="Write rule results as JUnit XML here.")
+]
+
+
 @app.command("analyze")
 def analyze_command(
     before: Annotated[
@@ -166,19 +185,10 @@ def analyze_command(
     chunk_size: Annotated[
         int, typer.Option("--chunk-size", help="Elements per chunk (memory bound).")
     ] = 1 << 20,
-    fail_if: Annotated[
-        list[str], typer.Option("--fail-if", help="CI rule `[summary.]KEY OP VALUE` (repeatable).")
-    ] = [],
-    baseline: Annotated[
-        Path | None, typer.Option("--baseline", help="Earlier JSON report for `baseline` rules.")
-    ] = None,
-    layer: Annotated[
-        str | None,
-        typer.Option("--layer", help="Apply rules only to tensors matching this regex."),
-    ] = None,
-    junit: Annotated[
-        Path | None, typer.Option("--junit", help="Write rule results as JUnit XML here.")
-    ] = None,
+    fail_if: FailIfOption = [],
+    baseline: BaselineOption = None,
+    layer: LayerOption = None,
+    junit: JunitOption = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     """Analyse one optimizer step: flips, stalls, ULPs, grid alignment and stiffness, per tensor and format."""
@@ -224,22 +234,13 @@ def check_command(
     report_path: Annotated[
         Path, typer.Argument(metavar="REPORT.json", help="A report written by `analyze -o json`.")
     ],
-    fail_if: Annotated[
-        list[str], typer.Option("--fail-if", help="CI rule `[summary.]KEY OP VALUE` (repeatable).")
-    ] = [],
-    baseline: Annotated[
-        Path | None, typer.Option("--baseline", help="Earlier JSON report for `baseline` rules.")
-    ] = None,
-    layer: Annotated[
-        str | None,
-        typer.Option("--layer", help="Apply rules only to tensors matching this regex."),
-    ] = None,
+    fail_if: FailIfOption = [],
+    baseline: BaselineOption = None,
+    layer: LayerOption = None,
     format: Annotated[
         list[str], typer.Option("--format", "-f", help="Apply rules only to these formats.")
     ] = [],
-    junit: Annotated[
-        Path | None, typer.Option("--junit", help="Write rule results as JUnit XML here.")
-    ] = None,
+    junit: JunitOption = None,
     output: Annotated[
         Output | None, typer.Option("--output", "-o", help="Print the checks as json.")
     ] = None,
