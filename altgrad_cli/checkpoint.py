@@ -161,9 +161,6 @@ class SafetensorsFile:
         )
         return flat.reshape(info.shape)
 
-    def close(self) -> None:
-        self._map = None  # views keep the map alive until they are gone; never close it under them
-
 
 class Checkpoint:
     """A checkpoint: one file, a sharded folder (index with weight_map, or every *.safetensors), or an index file."""

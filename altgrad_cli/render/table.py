@@ -109,7 +109,7 @@ def render_table(report: Report, console: Console) -> None:
     parts = [_metric_table("Stall and flips", report, STALL_COLUMNS, True)]
     parts.append(_metric_table("ULP movement and grid steps", report, ULP_COLUMNS, True))
     parts.append(_metric_table("Grid alignment of BEFORE", report, GRID_COLUMNS, True))
-    if report.options.get("grads_given", report.inputs.get("grads") is not None):
+    if report.inputs.get("grads") is not None:
         parts.append(
             _metric_table("Gradient and update vs stiffness S", report, GRAD_COLUMNS, True)
         )
