@@ -18,13 +18,13 @@ from altgrad_cli.formats import Format
 from altgrad_cli.quantize import (
     Scale,
     Scaling,
-    block_amax,
-    compute_scale,
     decode_magnitude,
     encode_scaled,
+    group_amax,
     iter_chunks,
     overflow_mask,
     parse_scaling,
+    scale_from_amax,
     working_dtype,
 )
 from altgrad_cli.stats import (
@@ -333,14 +333,14 @@ def compute_stall_ratio(flips: int, updates: int) -> float:
 # ----------------------------------------------------------------------------- driving
 
 
-def scale_summary(scale: Scale, before: Tensor, fmt: Format) -> dict:
+def scale_summary(scale: Scale, fmt: Format) -> dict:
     """The scale(s) of one tensor for its record: the value, or count/min/max/log2 histogram
     and the fraction of groups whose largest element was clipped."""
     values = scale.values.reshape(-1).to(torch.float64)
     if scale.scaling.mode in ("tensor", "pow2", "none"):
         return {"mode": str(scale.scaling), "value": float(values[0]) if values.numel() else 1.0}
-    amax = block_amax(before, scale).reshape(-1)
-    ratio = (amax.to(torch.float64) / values).to(working_dtype(before.dtype))
+    amax = scale.amax.reshape(-1)
+    ratio = (amax.to(torch.float64) / values).to(amax.dtype)
     clipped = int(overflow_mask(ratio, fmt).sum()) if values.numel() else 0
     hist = BinnedCounts.empty(_EXP_LOW, _EXP_HIGH)
     hist.update(floor_log2_abs(values))
@@ -386,10 +386,15 @@ def accumulate_tensor(
     """The mergeable accumulator of one tensor (for summaries across tensors) and its scales."""
     scaling = parse_scaling(scaling)
     formats = tuple(formats)
+    dtype = working_dtype(before.dtype)
+    shape = tuple(before.shape)
+    # one amax pass per side, shared by every format
+    amax_before = None if scaling.mode == "none" else group_amax(before, scaling)
+    amax_after = group_amax(after, scaling) if rescale and amax_before is not None else amax_before
     scale_pairs: list[tuple[Scale, Scale]] = []
     for fmt in formats:
-        s_before = compute_scale(before, fmt, scaling)
-        s_after = compute_scale(after, fmt, scaling) if rescale else s_before
+        s_before = scale_from_amax(amax_before, fmt, scaling, shape, dtype)
+        s_after = scale_from_amax(amax_after, fmt, scaling, shape, dtype) if rescale else s_before
         scale_pairs.append((s_before, s_after))
     view = scale_pairs[0][0].view_shape() if formats else (1, before.numel())
     rows, cols = view
@@ -397,7 +402,6 @@ def accumulate_tensor(
     g2 = grad.reshape(rows, cols) if grad is not None else None
     acc = TensorAccumulator(formats, grad is not None)
     align = scaling.block if scaling.mode == "block" else 1
-    dtype = working_dtype(before.dtype)
     for r0, r1, c0, c1 in iter_chunks(rows, cols, chunk, align):
         pairs = [
             tuple(None if s.is_unit else s.for_chunk(r0, r1, c0, c1).to(dtype) for s in pair)
@@ -410,10 +414,8 @@ def accumulate_tensor(
             pairs,
             grad_eps,
         )
-    if before.numel() == 0:
-        acc.counts.add("numel", 0)
     scales = {
-        fmt.name: scale_summary(pair[0], before, fmt)
+        fmt.name: scale_summary(pair[0], fmt)
         for fmt, pair in zip(formats, scale_pairs, strict=True)
     }
     return acc, scales

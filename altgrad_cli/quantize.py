@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
@@ -326,6 +326,7 @@ class Scale:
     scaling: Scaling
     values: Tensor
     shape: tuple[int, ...]
+    amax: Tensor | None = field(default=None, compare=False)  # per-group amax the scales came from
 
     @property
     def is_unit(self) -> bool:
@@ -365,7 +366,7 @@ class Scale:
         return self.values
 
     def to(self, dtype: torch.dtype) -> Scale:
-        return Scale(self.scaling, self.values.to(dtype), self.shape)
+        return Scale(self.scaling, self.values.to(dtype), self.shape, self.amax)
 
 
 AMAX_CHUNK = 1 << 20
@@ -416,21 +417,23 @@ def group_amax(x: Tensor, scaling: Scaling, chunk: int = AMAX_CHUNK) -> Tensor:
 
 def compute_scale(x: Tensor, format: Format | str, scaling: Scaling | str = "tensor") -> Scale:
     """The scales of `scaling` for `x` (float32 arithmetic, float64 for float64 `x`)."""
-    fmt = get_format(format)
     scaling = parse_scaling(scaling)
-    dtype = working_dtype(x.dtype)
-    shape = tuple(x.shape)
-    if scaling.mode == "none":
-        return Scale(scaling, torch.ones((), dtype=dtype), shape)
-    amax = group_amax(x, scaling)
-    if x.numel() == 0 and scaling.mode in ("tensor", "pow2"):
-        return Scale(scaling, torch.ones((), dtype=dtype), shape)
-    return Scale(scaling, _amax_scale(amax, fmt, scaling), shape)
+    amax = None if scaling.mode == "none" else group_amax(x, scaling)
+    return scale_from_amax(amax, format, scaling, tuple(x.shape), working_dtype(x.dtype))
 
 
-def block_amax(x: Tensor, scale: Scale) -> Tensor:
-    """Per-scale amax of |x| in the scale's grouping (for the clipped-blocks fraction)."""
-    return group_amax(x, scale.scaling)
+def scale_from_amax(
+    amax: Tensor | None,
+    format: Format | str,
+    scaling: Scaling | str,
+    shape: tuple[int, ...],
+    dtype: torch.dtype = torch.float32,
+) -> Scale:
+    """The Scale for one format from `group_amax` of a tensor, so several formats share one pass."""
+    scaling = parse_scaling(scaling)
+    if amax is None:  # scaling "none"
+        return Scale(scaling, torch.ones((), dtype=dtype), shape)
+    return Scale(scaling, _amax_scale(amax, get_format(format), scaling), shape, amax)
 
 
 def _as_scale(scale: Scale | Tensor | float | None, dtype: torch.dtype) -> Tensor | None:
