@@ -20,9 +20,8 @@ from altgrad_cli.report import Report
 BAR_WIDTH = 30
 
 
-def _metric_table(
-    title: str, report: Report, columns: list[tuple[str, str]], summary: bool
-) -> Table:
+def _metric_table(title: str, report: Report, columns: list[tuple[str, str]]) -> Table:
+    """Per-tensor rows, then the per-format summary rows below a rule."""
     table = Table(title=title, title_justify="left", show_footer=False)
     table.add_column("tensor", overflow="fold")
     table.add_column("format")
@@ -31,14 +30,13 @@ def _metric_table(
     last = len(report.layers) - 1
     for i, layer in enumerate(report.layers):
         cells = [fmt_number(value(layer, k)) for _, k in columns]
-        table.add_row(layer.name, layer.format, *cells, end_section=summary and i == last)
-    if summary:
-        for s in report.summary:
-            table.add_row(
-                Text(f"all {s.tensors} tensors", style="bold"),
-                Text(s.format, style="bold"),
-                *[Text(fmt_number(value(s, k)), style="bold") for _, k in columns],
-            )
+        table.add_row(layer.name, layer.format, *cells, end_section=i == last)
+    for s in report.summary:
+        table.add_row(
+            Text(f"all {s.tensors} tensors", style="bold"),
+            Text(s.format, style="bold"),
+            *[Text(fmt_number(value(s, k)), style="bold") for _, k in columns],
+        )
     return table
 
 
@@ -106,15 +104,13 @@ def _comparison(report: Report) -> Table:
 
 
 def render_table(report: Report, console: Console) -> None:
-    parts = [_metric_table("Stall and flips", report, STALL_COLUMNS, True)]
-    parts.append(_metric_table("ULP movement and grid steps", report, ULP_COLUMNS, True))
-    parts.append(_metric_table("Grid alignment of BEFORE", report, GRID_COLUMNS, True))
+    parts = [_metric_table("Stall and flips", report, STALL_COLUMNS)]
+    parts.append(_metric_table("ULP movement and grid steps", report, ULP_COLUMNS))
+    parts.append(_metric_table("Grid alignment of BEFORE", report, GRID_COLUMNS))
     if report.inputs.get("grads") is not None:
-        parts.append(
-            _metric_table("Gradient and update vs stiffness S", report, GRAD_COLUMNS, True)
-        )
+        parts.append(_metric_table("Gradient and update vs stiffness S", report, GRAD_COLUMNS))
     else:
-        parts.append(_metric_table("Update vs stiffness S", report, GRAD_COLUMNS[3:], True))
+        parts.append(_metric_table("Update vs stiffness S", report, GRAD_COLUMNS[3:]))
     parts.append(_prediction_table(report))
     parts.extend(_stiffness_bars(report))
     if len(report.summary) > 1:
