@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from altgrad_cli.checkpoint import Checkpoint
-from altgrad_cli.errors import InputError
+from altgrad_cli.errors import UsageError
 from altgrad_cli.formats import Format, get_format
 from altgrad_cli.metrics import (
     DEFAULT_CHUNK,
@@ -97,7 +97,7 @@ def analyze(
     fmts = tuple(dict.fromkeys(get_format(f) for f in formats))
     scaling_text = str(parse_scaling(scaling))
     if chunk_size < 1:
-        raise InputError("--chunk-size", "must be at least 1")
+        raise UsageError(f"--chunk-size must be at least 1, got {chunk_size}")
     ckpts = (
         Checkpoint(before),
         Checkpoint(after),

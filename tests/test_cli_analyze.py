@@ -265,6 +265,7 @@ def test_out_file_sort_and_top(ckpt, tmp_path):
 def test_usage_errors_exit_2(ckpt):
     before, after, _ = ckpt()
     assert run(before, after, "-f", "e9m9").exit_code == 2
+    assert run(before, after, "--chunk-size", "0").exit_code == 2
     bad = run(before, after, "--scaling", "block:0")
     assert bad.exit_code == 2 and "Traceback" not in bad.output
 
