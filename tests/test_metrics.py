@@ -64,7 +64,7 @@ def _reference_record(before, after, grad, fmt_name, scaling):
     # where that product is exact and cannot underflow
     s64 = s.astype(np.float64)
     if fmt.exponent_bits == 0:
-        stiff = s64[nz] * 2.0 ** -fmt.mantissa_bits
+        stiff = s64[nz] * 2.0**-fmt.mantissa_bits
     else:
         e = np.floor(np.log2(np.abs(yb[nz]).astype(np.float64)))
         stiff = s64[nz] * 2.0 ** (np.clip(e, fmt.emin, fmt.emax) - fmt.mantissa_bits)
