@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from altgrad_cli.allocator import keep_freed_buffers
 from altgrad_cli.checks import checks_section, evaluate, parse_rule
 from altgrad_cli.errors import AltgradError, InputError, UsageError
 from altgrad_cli.formats import registry
@@ -354,6 +355,7 @@ def schema_command() -> None:
 
 
 def main() -> None:
+    keep_freed_buffers()
     try:
         app()
     except AltgradError as error:  # raised outside a command body (option callbacks)

@@ -14,12 +14,18 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from altgrad_cli.chunk import (
+    EXP_HIGH,
+    EXP_LOW,
+    FormatAccumulator,
+    ScalePair,
+    prepare_chunk,
+    update_format,
+)
 from altgrad_cli.formats import Format
 from altgrad_cli.quantize import (
     Scale,
     Scaling,
-    decode_magnitude,
-    encode_scaled,
     group_amax,
     iter_chunks,
     overflow_mask,
@@ -27,32 +33,10 @@ from altgrad_cli.quantize import (
     scale_from_amax,
     working_dtype,
 )
-from altgrad_cli.stats import (
-    BinnedCounts,
-    CoMoments,
-    Counts,
-    Mean,
-    Moments,
-    UlpHistogram,
-    fold_grid_steps,
-)
+from altgrad_cli.stats import BinnedCounts, Counts, UlpHistogram, fold_grid_steps
 
 DEFAULT_GRAD_EPS = 1e-10
-DEFAULT_CHUNK = 1 << 20
-_EXP_LOW, _EXP_HIGH = -1100, 1100  # floor(log2 S) of any float64 stiffness lies in here
-
-_INT_VIEW = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
-def storage_ordinals(raw: Tensor) -> Tensor:
-    """Signed ordinal of each value among all values of its own dtype (±0 both 0), as int64.
-
-    For IEEE-style storage, the bit pattern without the sign is the ordinal of the magnitude.
-    """
-    bits = raw.view(_INT_VIEW[raw.element_size()]).to(torch.int64)
-    width = 8 * raw.element_size()
-    magnitude = bits & ((1 << (width - 1)) - 1)
-    return torch.where(bits < 0, -magnitude, magnitude)
+DEFAULT_CHUNK = 1 << 18
 
 
 def floor_log2_abs(y: Tensor, floor_at: int | None = None) -> Tensor:
@@ -65,36 +49,6 @@ def floor_log2_abs(y: Tensor, floor_at: int | None = None) -> Tensor:
         return ((y.view(torch.int32) >> 23) & 0xFF).to(torch.int64) - 127
     _, expo = torch.frexp(y)
     return expo.to(torch.int64) - 1
-
-
-@dataclass
-class FormatAccumulator:
-    """Everything one (tensor, format) record needs, mergeable."""
-
-    counts: Counts = field(default_factory=Counts)
-    grid_steps: BinnedCounts = field(default_factory=lambda: BinnedCounts.empty(0, 16))
-    stiffness: Mean = field(default_factory=lambda: Mean(track_range=True))
-    stiffness_hist: BinnedCounts = field(
-        default_factory=lambda: BinnedCounts.empty(_EXP_LOW, _EXP_HIGH)
-    )
-    grid_error: Moments = field(default_factory=Moments)
-    grid_rel: Mean = field(default_factory=Mean)
-    grad: CoMoments = field(default_factory=CoMoments)
-    grad_ratio: Mean = field(default_factory=Mean)
-    update_ratio: Mean = field(default_factory=Mean)
-    steps_max: int = 0
-
-    def merge(self, other: FormatAccumulator) -> None:
-        self.counts.merge(other.counts)
-        self.grid_steps.merge(other.grid_steps)
-        self.stiffness.merge(other.stiffness)
-        self.stiffness_hist.merge(other.stiffness_hist)
-        self.grid_error.merge(other.grid_error)
-        self.grid_rel.merge(other.grid_rel)
-        self.grad.merge(other.grad)
-        self.grad_ratio.merge(other.grad_ratio)
-        self.update_ratio.merge(other.update_ratio)
-        self.steps_max = max(self.steps_max, other.steps_max)
 
 
 @dataclass
@@ -122,131 +76,17 @@ class TensorAccumulator:
         before: Tensor,
         after: Tensor,
         grad: Tensor | None,
-        scales: Sequence[tuple[Tensor | None, Tensor | None]],
+        scales: Sequence[ScalePair],
         grad_eps: float = DEFAULT_GRAD_EPS,
     ) -> None:
         """Add one chunk. `before`/`after`/`grad` are in their storage dtype; `scales` holds, per
         format, the scales (broadcastable to the chunk) to divide BEFORE and AFTER by, or None."""
-        numel = before.numel()
-        self.counts.add("numel", numel)
-        if numel == 0:
+        prepared = prepare_chunk(before, after, grad, scales, grad_eps, self.counts, self.ulp)
+        if prepared is None:
             return
-        dtype = working_dtype(before.dtype)
-        b, a = before.to(dtype), after.to(dtype)
-        g = grad.to(dtype) if grad is not None else None
-        finite = torch.isfinite(b) & torch.isfinite(a)
-        if g is not None:
-            finite &= torch.isfinite(g)
-        n_finite = int(finite.sum())
-        all_finite = n_finite == numel
-        self.counts.add("nonfinite", numel - n_finite)
-        if not all_finite:  # rare: compress to the finite elements once, for every metric below
-            b, a = b[finite], a[finite]
-            g = g[finite] if g is not None else None
-            before, after = before[finite], after[finite]
-            scales = [
-                tuple(None if s is None else s.expand(finite.shape)[finite] for s in pair)
-                for pair in scales
-            ]
-        else:
-            b, a = b.reshape(-1), a.reshape(-1)
-            g = g.reshape(-1) if g is not None else None
-            scales = [
-                tuple(
-                    None if s is None else s.expand(finite.shape).reshape(-1) if s.dim() else s
-                    for s in pair
-                )
-                for pair in scales
-            ]
-        updated = (g.abs() > grad_eps) if g is not None else (a != b)
-        self.counts.add("updates", updated.sum())
-        self.counts.add("n", b.numel())
-        if b.numel() == 0:
-            return
-        self.ulp.update(
-            (storage_ordinals(after.reshape(-1)) - storage_ordinals(before.reshape(-1))).abs()
-        )
-
-        nonzero = b != 0
-        n_nonzero = int(nonzero.sum())
-        all_nonzero = n_nonzero == b.numel()
-        abs_delta = (a - b).abs()
-        abs_g = g.abs() if g is not None else None
-        for fmt, (s_before, s_after) in zip(self.formats, scales, strict=True):
-            acc = self.per_format[fmt.name]
-            yb = b if s_before is None else b / s_before
-            ya = a if s_after is None else a / s_after
-            cb, ca = encode_scaled(yb, fmt), encode_scaled(ya, fmt)
-            wide = (
-                torch.int16 if cb.dtype == torch.int8 else torch.int32
-            )  # a code difference needs one more bit
-            steps = (ca.to(wide) - cb).abs_()
-            flipped = steps != 0
-            acc.counts.add("flips", flipped.sum())
-            acc.counts.add("flips_on_updates", (flipped & updated).sum())
-            acc.counts.add("steps_sum", steps.sum(dtype=torch.int64))
-            acc.steps_max = max(acc.steps_max, int(steps.max()))
-            acc.grid_steps.update(steps.clamp(max=16))
-            acc.counts.add("overflow", overflow_mask(yb, fmt).sum())
-            code_zero = cb == 0
-            acc.counts.add("underflow", (code_zero & nonzero).sum())
-
-            # |b - Q(b)| in float64: exact there, and s * q may exceed float32's range (pow2 scales)
-            q_abs = decode_magnitude(cb.to(wide).abs_(), fmt, dtype).to(torch.float64)
-            if s_before is not None:
-                q_abs *= s_before
-            error = (b.abs() - q_abs).abs_()
-            acc.grid_error.update(error)
-            acc.counts.add("on_grid", (error == 0).sum())
-
-            # stiffness S = s * 2^(clamp(floor(log2 |b/s|), emin, emax) - M), over b != 0
-            if all_nonzero:
-                ybn, errn, dn, fl = yb, error, abs_delta, flipped
-                gn = abs_g
-                sbn = s_before
-            else:
-                ybn, errn, dn, fl = (
-                    yb[nonzero],
-                    error[nonzero],
-                    abs_delta[nonzero],
-                    flipped[nonzero],
-                )
-                gn = abs_g[nonzero] if abs_g is not None else None
-                sbn = (
-                    None
-                    if s_before is None
-                    else (s_before[nonzero] if s_before.dim() else s_before)
-                )
-            acc.counts.add("stiffness_zero", b.numel() - n_nonzero)
-            if ybn.numel() == 0:
-                continue
-            # S in float64: s * 2^k is exact there and never underflows, so every ratio stays finite
-            if fmt.is_fixed_point:
-                expo = torch.full(ybn.shape, -fmt.mantissa_bits, dtype=torch.int64)
-            else:
-                expo = floor_log2_abs(ybn, fmt.emin).clamp_(fmt.emin, fmt.emax) - fmt.mantissa_bits
-            stiff = ((expo + 1023) << 52).view(torch.float64)  # 2^k: always a normal float64 here
-            if sbn is None:
-                acc.stiffness_hist.update(expo)
-            elif sbn.dim() == 0:
-                stiff = stiff * sbn.to(torch.float64)
-                acc.stiffness_hist.update(expo + int(floor_log2_abs(sbn.reshape(1))[0]))
-            else:
-                stiff = stiff * sbn.to(torch.float64)
-                acc.stiffness_hist.update(expo + floor_log2_abs(sbn))
-            acc.stiffness.update(stiff)
-            acc.grid_rel.update(errn / stiff)
-            ratio = dn / stiff
-            acc.update_ratio.update(ratio)
-            big = ratio >= 0.5
-            acc.counts.add("pred_flip_flipped", (big & fl).sum())
-            acc.counts.add("pred_flip_stalled", (big & ~fl).sum())
-            acc.counts.add("pred_stall_flipped", (~big & fl).sum())
-            acc.counts.add("pred_stall_stalled", (~big & ~fl).sum())
-            if gn is not None:
-                acc.grad.update(stiff, gn)
-                acc.grad_ratio.update(gn / stiff)
-                acc.counts.add("grad_below", (gn < stiff).sum())
+        chunk, flat_scales = prepared
+        for fmt, (s_before, s_after) in zip(self.formats, flat_scales, strict=True):
+            update_format(self.per_format[fmt.name], fmt, chunk, s_before, s_after)
 
     def results(self) -> dict[str, dict]:
         """One record per format, keyed by format name (SPEC §Metrics keys)."""
@@ -342,7 +182,7 @@ def scale_summary(scale: Scale, fmt: Format) -> dict:
     amax = scale.amax.reshape(-1)
     ratio = (amax.to(torch.float64) / values).to(amax.dtype)
     clipped = int(overflow_mask(ratio, fmt).sum()) if values.numel() else 0
-    hist = BinnedCounts.empty(_EXP_LOW, _EXP_HIGH)
+    hist = BinnedCounts.empty(EXP_LOW, EXP_HIGH)
     hist.update(floor_log2_abs(values))
     return {
         "mode": str(scale.scaling),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from fractions import Fraction
 from functools import lru_cache
 
 import torch
@@ -197,6 +198,30 @@ def decode_magnitude(code: Tensor, fmt: Format, dtype: torch.dtype = torch.float
         return sub
     normal = (code + plan.code_offset) << plan.shift
     return torch.where(code < (1 << fmt.mantissa_bits), sub, normal.view(carrier.float_dtype))
+
+
+@lru_cache(maxsize=256)
+def _decode64_plan(fmt: Format) -> tuple[int, int]:
+    """(shift, j): a code c placed as `c << shift` in a float64 bit pattern reads as its grid value
+    times 2^-j. Float64's own subnormals cover the format's, so no branch is needed."""
+    shift = 52 - fmt.mantissa_bits
+    ratio = fmt.value_of_code(1) / Fraction(2) ** (shift - 1074)  # a power of two
+    return shift, ratio.numerator.bit_length() - ratio.denominator.bit_length()
+
+
+def decode_magnitude64(code: Tensor, fmt: Format, scale: float = 1.0) -> Tensor:
+    """scale · (grid value) of non-negative codes, as float64: two integer ops and a multiply.
+
+    Exact for float32 scales (a grid value has at most 24 significant bits, the scale 24)."""
+    shift, j = _decode64_plan(fmt)
+    value = (code.to(torch.int64) << shift).view(torch.float64)
+    while j > 1000:  # 2^j itself may not be a float64; the partial products always are
+        value *= 2.0**1000
+        j -= 1000
+    factor = math.ldexp(scale, j)
+    if math.isfinite(factor):
+        return value.mul_(factor)
+    return value.mul_(2.0**j).mul_(scale)
 
 
 def decode(code: Tensor, fmt: Format | str, dtype: torch.dtype = torch.float32) -> Tensor:

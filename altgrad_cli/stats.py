@@ -184,6 +184,16 @@ class BinnedCounts:
         idx = (bins.reshape(-1).to(torch.int64) - self.low).clamp(0, len(self.counts) - 1)
         self.counts += torch.bincount(idx, minlength=len(self.counts))
 
+    def add_counts(self, low: int, counts: Tensor) -> None:
+        """Add counts already binned: counts[i] is the count of value low + i (clamped into range)."""
+        start = low - self.low
+        top = len(self.counts) - 1
+        if start >= 0 and start + len(counts) <= len(self.counts):
+            self.counts[start : start + len(counts)] += counts
+        else:
+            idx = (torch.arange(len(counts)) + start).clamp(0, top)
+            self.counts.index_add_(0, idx, counts.to(torch.int64))
+
     def merge(self, other: BinnedCounts) -> None:
         self.counts += other.counts
 
@@ -204,51 +214,49 @@ def fold_grid_steps(counts: Tensor) -> dict[str, int]:
 
 
 class UlpHistogram:
-    """Distances in storage ULPs: exact counts up to 64, bins under 0.8 % wide above.
+    """Distances in storage ULPs: one bin per integer up to 255, bins under 0.8 % wide above.
 
-    Above 64 a distance's bin is its float32 bit pattern with the low 16 bits dropped (exponent
-    and 7 mantissa bits): one shift, no logarithm. The lower median (the ceil(n/2)-th smallest)
-    is exact when it is <= 64 and within 1 % relative above; max and mean are exact.
+    A distance's bin is its float32 bit pattern without the low 16 bits (exponent and 7 mantissa
+    bits): one conversion and one shift, no logarithm, no branch. Integers below 256 need at most
+    8 significant bits, so each has a bin of its own. The lower median (the ceil(n/2)-th
+    smallest) is exact up to 255 and within 1 % relative above; max and mean are exact.
     """
 
-    EXACT = 64
     _SHIFT = 16
-    _BASE = (0x42820000 >> 16) - EXACT - 1  # bits of 65.0 >> 16, placed right after the exact bins
-    _TOP = (0x7F800000 >> 16) - _BASE
+    _BINS = (0x7F800000 >> 16) + 1  # every finite float32
 
     def __init__(self) -> None:
-        self.counts = torch.zeros(self._TOP + 1, dtype=torch.int64)
+        self.counts = torch.zeros(self._BINS, dtype=torch.int64)
         self.n = 0
         self.total = 0
-        self.zeros = 0
         self.max = 0
 
-    def _bin(self, d: Tensor) -> Tensor:
-        coarse = (d.to(torch.float32).view(torch.int32) >> self._SHIFT).to(torch.int64) - self._BASE
-        return torch.where(d <= self.EXACT, d, coarse)
+    @property
+    def zeros(self) -> int:
+        return int(self.counts[0])
 
     def _lower_edge(self, index: int) -> int:
-        if index <= self.EXACT:
-            return index
-        bits = torch.tensor((index + self._BASE) << self._SHIFT, dtype=torch.int32)
+        bits = torch.tensor(index << self._SHIFT, dtype=torch.int32)
         return int(bits.view(torch.float32).item())
 
     def update(self, d: Tensor) -> None:
-        """d: non-negative int64 distances."""
+        """d: non-negative distances, any integer dtype (or float64 beyond int64's range)."""
         if d.numel() == 0:
             return
-        d = d.reshape(-1).to(torch.int64)
-        self.counts += torch.bincount(self._bin(d), minlength=len(self.counts))
+        d = d.reshape(-1)
+        bins = d.to(torch.float32).view(torch.int32) >> self._SHIFT
+        self.counts += torch.bincount(bins, minlength=self._BINS)
         self.n += d.numel()
-        self.total += int(d.sum())
-        self.zeros += int((d == 0).sum())
+        if d.is_floating_point():
+            self.total += round(float(d.sum()))
+        else:
+            self.total += int(d.sum(dtype=torch.int64))
         self.max = max(self.max, int(d.max()))
 
     def merge(self, other: UlpHistogram) -> None:
         self.counts += other.counts
         self.n += other.n
         self.total += other.total
-        self.zeros += other.zeros
         self.max = max(self.max, other.max)
 
     def median(self) -> int:

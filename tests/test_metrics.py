@@ -70,7 +70,7 @@ def _reference_record(before, after, grad, fmt_name, scaling):
         stiff = s64[nz] * 2.0 ** (np.clip(e, fmt.emin, fmt.emax) - fmt.mantissa_bits)
     err = np.abs(np.abs(b).astype(np.float64) - np.abs(s64 * qb))  # exact in float64
     d = np.abs(_ordinals_f32(a) - _ordinals_f32(b))
-    ratio = np.abs(a - b)[nz].astype(np.float64) / stiff
+    ratio = np.abs(a.astype(np.float64) - b)[nz] / stiff  # |Δ| exact, as the SPEC's real arithmetic
     grad_ratio = np.abs(g[nz]).astype(np.float64) / stiff
     err_rel = err[nz] / stiff
     big = ratio >= 0.5

@@ -1,0 +1,440 @@
+"""One chunk of one tensor in, the partial statistics of every metric out: the hot loop of analyze.
+
+Every choice here removes a pass over the chunk, because the cost of a metric is the number of
+times its chunk travels through memory:
+
+* Work that does not depend on the format (finite check, update mask, |Δ|, |grad| and its
+  moments, storage ULPs) is done once per chunk by `prepare_chunk` and shared by every format.
+* The stiffness is S = s · P with P = 2^(k − M) a power of two, built from the exponent bits of
+  before/s. Dividing by S is multiplying by W = 1/P, which is exact, and comparing with S is an
+  exact comparison of such a product with s (|Δ| · W ≥ s/2, |g| · W < s). With one scale per
+  tensor, sums are divided by s once, and S's mean, min, max and histogram come from a histogram
+  of the exponents (at most 256 bins), not from a float array.
+* Counts use count_nonzero; sums are float64 (dot products where a weight is involved); second
+  moments are two-pass (mean first), and a chunk whose values are all equal gets exactly zero.
+
+Scales arrive as None (s = 1), a 0-d tensor (one scale for the chunk) or one value per element.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from altgrad_cli.formats import Format
+from altgrad_cli.quantize import (
+    decode_magnitude64,
+    encode_scaled,
+    overflow_mask,
+    working_dtype,
+)
+from altgrad_cli.stats import BinnedCounts, CoMoments, Counts, Mean, Moments, UlpHistogram
+
+ScalePair = tuple[Tensor | None, Tensor | None]
+"""Per format, the scales BEFORE and AFTER are divided by."""
+
+_INT_OF_WIDTH = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_F64_BIAS = 1023
+EXP_LOW, EXP_HIGH = -1100, 1100  # floor(log2 S) of any float64 stiffness lies in here
+
+
+@dataclass
+class FormatAccumulator:
+    """Everything one (tensor, format) record needs, mergeable."""
+
+    counts: Counts = field(default_factory=Counts)
+    grid_steps: BinnedCounts = field(default_factory=lambda: BinnedCounts.empty(0, 16))
+    stiffness: Mean = field(default_factory=lambda: Mean(track_range=True))
+    stiffness_hist: BinnedCounts = field(
+        default_factory=lambda: BinnedCounts.empty(EXP_LOW, EXP_HIGH)
+    )
+    grid_error: Moments = field(default_factory=Moments)
+    grid_rel: Mean = field(default_factory=Mean)
+    grad: CoMoments = field(default_factory=CoMoments)
+    grad_ratio: Mean = field(default_factory=Mean)
+    update_ratio: Mean = field(default_factory=Mean)
+    steps_max: int = 0
+
+    def merge(self, other: FormatAccumulator) -> None:
+        self.counts.merge(other.counts)
+        self.grid_steps.merge(other.grid_steps)
+        self.stiffness.merge(other.stiffness)
+        self.stiffness_hist.merge(other.stiffness_hist)
+        self.grid_error.merge(other.grid_error)
+        self.grid_rel.merge(other.grid_rel)
+        self.grad.merge(other.grad)
+        self.grad_ratio.merge(other.grad_ratio)
+        self.update_ratio.merge(other.update_ratio)
+        self.steps_max = max(self.steps_max, other.steps_max)
+
+
+@dataclass
+class Chunk:
+    """The format-independent part of one chunk, finite elements only, flattened."""
+
+    before: Tensor  # working dtype (float32, or float64 for float64 storage)
+    after: Tensor
+    n: int
+    updated: Tensor  # bool
+    n_nonzero: int
+    nonzero: Tensor | None  # bool mask of before != 0; None when no element is zero
+    abs_before: Tensor  # float64 |before|
+    twice_delta: Tensor  # float64 2·|after - before| (exact), over before != 0
+    grad: Tensor | None  # float64 |grad|, over before != 0
+    grad_moments: CoMoments | None  # the y side (|grad|) of the correlation, over before != 0
+    grad_centered: Tensor | None  # |grad| - its mean, over before != 0; None when constant
+    grad_centered_sum: float
+    absmax_before: float
+    absmax_after: float
+
+
+def prepare_chunk(
+    before: Tensor,
+    after: Tensor,
+    grad: Tensor | None,
+    scales: Sequence[ScalePair],
+    grad_eps: float,
+    counts: Counts,
+    ulp: UlpHistogram,
+) -> tuple[Chunk, list[ScalePair]] | None:
+    """The shared part of one chunk, and the scales flattened to match it (None when no element
+    is finite). `counts` and `ulp` receive the format-independent counts and distances."""
+    numel = before.numel()
+    counts.add("numel", numel)
+    if numel == 0:
+        return None
+    dtype = working_dtype(before.dtype)
+    raw_b, raw_a = before.reshape(-1), after.reshape(-1)
+    b, a = raw_b.to(dtype), raw_a.to(dtype)
+    g = grad.reshape(-1).to(dtype) if grad is not None else None
+    ranges = torch.stack([torch.stack(torch.aminmax(x)) for x in (b, a, g) if x is not None])
+    flat = [_flatten(s, before.shape, None) for pair in scales for s in pair]
+    if not bool(torch.isfinite(ranges).all()):  # rare: keep the finite elements, once, for all
+        finite = torch.isfinite(b) & torch.isfinite(a)
+        if g is not None:
+            finite &= torch.isfinite(g)
+        b, a, raw_b, raw_a = b[finite], a[finite], raw_b[finite], raw_a[finite]
+        g = g[finite] if g is not None else None
+        flat = [_flatten(s, before.shape, finite) for pair in scales for s in pair]
+        ranges = torch.stack(
+            [
+                torch.stack(torch.aminmax(x)) if x.numel() else torch.zeros(2, dtype=dtype)
+                for x in (b, a)
+            ]
+        )
+    n = b.numel()
+    counts.add("nonfinite", numel - n)
+    counts.add("n", n)
+    if n == 0:
+        return None
+    absmax_before, absmax_after = ranges[:2].abs().amax(dim=1).tolist()
+    ulp.update(ulp_distances(raw_b, raw_a, max(absmax_before, absmax_after)))
+
+    abs_g = g.abs() if g is not None else None
+    updated = abs_g > grad_eps if abs_g is not None else a != b
+    counts.add("updates", torch.count_nonzero(updated))
+    n_nonzero = int(torch.count_nonzero(b))
+    nonzero = b != 0 if n_nonzero < n else None
+
+    b64 = b.to(torch.float64)  # may be the caller's own tensor: no in-place ops on it
+    twice_delta = (a.to(torch.float64) - b64).abs_().mul_(2.0)
+    abs_before = b64.abs()
+    grad64 = abs_g.to(torch.float64) if abs_g is not None else None
+    if nonzero is not None:
+        twice_delta = twice_delta[nonzero]
+        grad64 = grad64[nonzero] if grad64 is not None else None
+    grad_moments = grad_centered = None
+    grad_centered_sum = 0.0
+    if grad64 is not None and n_nonzero:
+        grad_centered, mean, m2 = _centered(grad64)
+        grad_moments = CoMoments(n_nonzero, 0.0, mean, 0.0, m2, 0.0)
+        grad_centered_sum = float(grad_centered.sum()) if grad_centered is not None else 0.0
+    chunk = Chunk(
+        b,
+        a,
+        n,
+        updated,
+        n_nonzero,
+        nonzero,
+        abs_before,
+        twice_delta,
+        grad64,
+        grad_moments,
+        grad_centered,
+        grad_centered_sum,
+        absmax_before,
+        absmax_after,
+    )
+    return chunk, [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+
+
+def _flatten(s: Tensor | None, shape: torch.Size, keep: Tensor | None) -> Tensor | None:
+    """A scale as None, a 0-d tensor, or one value per (kept) element."""
+    if s is None or s.numel() == 1:
+        return None if s is None else s.reshape(())
+    per_element = s.expand(shape).reshape(-1)
+    return per_element if keep is None else per_element[keep]
+
+
+def _centered(x: Tensor) -> tuple[Tensor | None, float, float]:
+    """(x - mean or None when x is constant, mean, M2): two-pass, so equal values give M2 = 0."""
+    low, high = (float(v) for v in torch.aminmax(x))
+    if low == high:
+        return None, low, 0.0
+    mean = float(x.sum()) / x.numel()
+    centered = x - mean
+    return centered, mean, float(torch.dot(centered, centered))
+
+
+def ulp_distances(before: Tensor, after: Tensor, absmax: float) -> Tensor:
+    """|ord(after) - ord(before)| in the storage dtype's own ordinals (±0 both 0).
+
+    The ordinal of a sign-magnitude pattern is the magnitude, negated for negative values:
+    (mag ^ m) - m with m = 0 or -1 from the sign bit. The difference needs one more bit than the
+    storage: it is taken in int32 for narrow dtypes and for float32 values below 2 in magnitude
+    (patterns below 2^30), in int64 otherwise. Float64 values of opposite signs beyond ±2 can be
+    more than 2^63 - 1 apart; such distances are counted as 2^63 - 1.
+    """
+    width = before.element_size()
+    small = absmax < 2.0
+    wide = torch.int32 if width < 4 or (width == 4 and small) else torch.int64
+    mask = (1 << (8 * width - 1)) - 1
+    mags, ords = [], []
+    for raw in (before, after):
+        bits = raw.view(_INT_OF_WIDTH[width])
+        bits = bits.to(wide) if bits.dtype != wide else bits  # sign-extends
+        sign = bits >> (8 * wide.itemsize - 1)
+        mags.append(bits & mask)
+        ords.append((mags[-1] ^ sign) - sign)
+    distance = (ords[1] - ords[0]).abs_()
+    if width == 8 and not small:
+        too_far = (distance < 0) | (mags[0] > (2**63 - 1) - mags[1])
+        too_far &= (ords[0] < 0) != (ords[1] < 0)
+        distance = torch.where(too_far, torch.tensor(2**63 - 1), distance)
+    return distance
+
+
+def update_format(
+    acc: FormatAccumulator,
+    fmt: Format,
+    chunk: Chunk,
+    s_before: Tensor | None,
+    s_after: Tensor | None,
+) -> None:
+    """Add one prepared chunk to one format's partial statistics."""
+    counts = acc.counts
+    b, a, n = chunk.before, chunk.after, chunk.n
+    yb = b if s_before is None else b / s_before
+    ya = a if s_after is None else a / s_after
+    code_b, code_a = encode_scaled(yb, fmt), encode_scaled(ya, fmt)
+    wide = torch.int16 if code_b.dtype == torch.int8 else torch.int32
+    steps = (code_a.to(wide) - code_b).abs_()
+    flips = int(torch.count_nonzero(steps))
+    flipped = steps != 0 if flips else None
+    counts.add("flips", flips)
+    if flipped is not None:
+        counts.add("flips_on_updates", torch.count_nonzero(flipped & chunk.updated))
+        counts.add("steps_sum", steps.sum(dtype=torch.int64))
+        steps_max = int(steps.max())
+        acc.steps_max = max(acc.steps_max, steps_max)
+        if steps_max == 1:
+            acc.grid_steps.counts[:2] += torch.tensor([n - flips, flips])
+        else:
+            binned = steps.clamp_(max=16).to(torch.uint8)
+            acc.grid_steps.counts += torch.bincount(binned, minlength=17)
+    else:
+        acc.grid_steps.counts[0] += n
+    counts.add("overflow", _overflow_count(yb, fmt, chunk.absmax_before, s_before))
+    counts.add("underflow", chunk.n_nonzero - int(torch.count_nonzero(code_b)))
+
+    # grid alignment: e = | |b| - s·|R(b/s)| |, exact in float64
+    s_value = 1.0 if s_before is None else (float(s_before) if s_before.dim() == 0 else None)
+    grid = decode_magnitude64(code_b.abs(), fmt, 1.0 if s_value is None else s_value)
+    if s_value is None:
+        grid *= s_before.to(torch.float64)
+    error = chunk.abs_before.sub(grid).abs_()
+    _add_moments(acc.grid_error, error)
+    counts.add("on_grid", n - int(torch.count_nonzero(error)))
+
+    # stiffness, over before != 0
+    counts.add("stiffness_zero", n - chunk.n_nonzero)
+    if chunk.n_nonzero == 0:
+        return
+    if chunk.nonzero is not None:
+        keep = chunk.nonzero
+        yb, error = yb[keep], error[keep]
+        flipped = flipped[keep] if flipped is not None else None
+        s_before = s_before[keep] if s_value is None else s_before
+    flips_nonzero = flips
+    if chunk.nonzero is not None:
+        flips_nonzero = int(torch.count_nonzero(flipped)) if flipped is not None else 0
+    _add_stiffness(acc, fmt, chunk, yb, error, flipped, flips_nonzero, s_before, s_value)
+
+
+def _overflow_count(y: Tensor, fmt: Format, absmax: float, s: Tensor | None) -> int:
+    """Elements beyond ±max before saturation; with one scale, skipped when the chunk's largest
+    |before| / s (the same float division, so the same rounding) cannot overflow."""
+    if s is None or s.dim() == 0:
+        top = torch.tensor([absmax], dtype=y.dtype)
+        if not bool(overflow_mask(top if s is None else top / s, fmt).any()):
+            return 0
+    return int(torch.count_nonzero(overflow_mask(y, fmt)))
+
+
+def _add_moments(moments: Moments, x: Tensor) -> None:
+    low, high = torch.aminmax(x)
+    centered, mean, m2 = _centered(x)
+    moments.merge(Moments(x.numel(), mean, m2, float(low), float(high)))
+
+
+def _exponent_index(y: Tensor, fmt: Format) -> Tensor:
+    """clamp(floor(log2 |y|), emin, emax) - emin for y != 0, straight from the exponent bits
+    (a float32 subnormal or zero y has field 0, which the clamp sends to emin)."""
+    if y.dtype == torch.float32 and fmt.emin >= -126:
+        field, bias = (y.view(torch.int32) >> 23) & 0xFF, 127
+    elif y.dtype == torch.float64:
+        field, bias = (y.view(torch.int64) >> 52) & 0x7FF, _F64_BIAS
+    else:  # a custom format whose emin lies below float32's normal range
+        _, expo = torch.frexp(y)
+        field, bias = expo.to(torch.int64) - 1, 0
+    return field.clamp_(fmt.emin + bias, fmt.emax + bias).sub_(fmt.emin + bias)
+
+
+def _power_of_two(index: Tensor, offset: int) -> Tensor:
+    """2^(index + offset) as float64, by placing the exponent (always in float64's normal range)."""
+    return ((index.to(torch.int64) + (offset + _F64_BIAS)) << 52).view(torch.float64)
+
+
+@dataclass
+class _Stiffness:
+    """S of the chunk's non-zero elements: one float64 per element, or one number for all of them.
+
+    With one scale s, S = s·P and P a power of two, so sums of x/S are dot(x, W)/s with W = 1/P
+    exact; `weight` holds W then (None with one scale per element, where x/S is divided out)."""
+
+    values: Tensor | float
+    weight: Tensor | float | None
+    scale: float | None
+
+
+def _one_scale_f32_bits(fmt: Format, s: float) -> tuple[int, int] | None:
+    """(C_S, C_W) such that S and W are float32 bit patterns `field + C_S` and `C_W - field`, where
+    field is y's exponent field in place (k + 127) << 23; None unless S, S/2 and W are all normal
+    float32 numbers (then both are exact)."""
+    mantissa, scale_exp = fmt.mantissa_bits, math.frexp(s)[1] - 1
+    if fmt.is_fixed_point or fmt.emin < -126 or s < 2.0**-126:
+        return None
+    if not (
+        scale_exp + fmt.emin - mantissa - 1 >= -126
+        and scale_exp + fmt.emax - mantissa <= 127
+        and mantissa - fmt.emax >= -126
+        and mantissa - fmt.emin <= 127
+    ):
+        return None
+    s_bits = int(torch.tensor(s, dtype=torch.float32).view(torch.int32))
+    return s_bits - ((127 + mantissa) << 23), (254 + mantissa) << 23
+
+
+def _stiffness(
+    acc: FormatAccumulator, fmt: Format, yb: Tensor, s: Tensor | None, s_value: float | None
+) -> tuple[_Stiffness, float, float]:
+    """(S, its mean, its M2) for the chunk's non-zero elements; adds S's mean, min, max and
+    histogram to `acc`."""
+    n = yb.numel()
+    mantissa = fmt.mantissa_bits
+    low_exp = (fmt.emin if not fmt.is_fixed_point else 0) - mantissa  # log2 P in bin 0
+    if s_value is not None:
+        plan = _one_scale_f32_bits(fmt, s_value) if yb.dtype == torch.float32 else None
+        if fmt.is_fixed_point:
+            bins = torch.tensor([n])
+            values, weight = s_value * 2.0**low_exp, 2.0**-low_exp
+        elif plan is not None:
+            c_s, c_w = plan
+            field = (yb.view(torch.int32) & 0x7F800000).clamp_(
+                (fmt.emin + 127) << 23, (fmt.emax + 127) << 23
+            )
+            index = (field >> 23).sub_(fmt.emin + 127).to(torch.uint8)
+            bins = torch.bincount(index, minlength=fmt.emax - fmt.emin + 1)
+            values = (field + c_s).view(torch.float32).to(torch.float64)
+            weight = (c_w - field).view(torch.float32).to(torch.float64)
+        else:
+            index = _exponent_index(yb, fmt)
+            bins = torch.bincount(index, minlength=fmt.emax - fmt.emin + 1)
+            values = _power_of_two(index, low_exp).mul_(s_value)
+            weight = _power_of_two(-index.to(torch.int64), -low_exp)
+        levels = _power_of_two(torch.arange(len(bins)), low_exp).mul_(s_value)  # S of each bin
+        occupied = torch.nonzero(bins).reshape(-1)
+        low, high = int(occupied[0]), int(occupied[-1])
+        mean = float((bins.to(torch.float64) * levels).sum()) / n
+        m2 = float((bins.to(torch.float64) * (levels - mean) ** 2).sum()) if low != high else 0.0
+        acc.stiffness.merge(Mean(True, n, mean * n, float(levels[low]), float(levels[high])))
+        acc.stiffness_hist.add_counts(low_exp + math.frexp(s_value)[1] - 1, bins)
+        return _Stiffness(values, weight, s_value), mean, m2
+    s64 = s.to(torch.float64)
+    if fmt.is_fixed_point:
+        values = s64 * 2.0**low_exp
+        exponents = low_exp
+    else:
+        index = _exponent_index(yb, fmt)
+        values = _power_of_two(index, low_exp).mul_(s64)
+        exponents = index.to(torch.int64) + low_exp
+    _, s_exp = torch.frexp(s64)
+    acc.stiffness_hist.update(s_exp.to(torch.int64).add_(exponents - 1))
+    low, high = torch.aminmax(values)
+    _, mean, m2 = _centered(values)
+    acc.stiffness.merge(Mean(True, n, mean * n, float(low), float(high)))
+    return _Stiffness(values, None, None), mean, m2
+
+
+def _add_stiffness(
+    acc: FormatAccumulator,
+    fmt: Format,
+    chunk: Chunk,
+    yb: Tensor,
+    error: Tensor,
+    flipped: Tensor | None,
+    flips: int,
+    s_before: Tensor | None,
+    s_value: float | None,
+) -> None:
+    """Stiffness, update/stiffness and grad/stiffness statistics over the non-zero elements."""
+    counts, n = acc.counts, chunk.n_nonzero
+    stiff, mean_s, m2_s = _stiffness(acc, fmt, yb, s_before, s_value)
+
+    # r = |Δ|/S ≥ 1/2  ⇔  2|Δ| ≥ S: exact in float64
+    big = chunk.twice_delta >= stiff.values
+    n_big = int(torch.count_nonzero(big))
+    big_flipped = int(torch.count_nonzero(big & flipped)) if flipped is not None else 0
+    counts.add("pred_flip_flipped", big_flipped)
+    counts.add("pred_flip_stalled", n_big - big_flipped)
+    counts.add("pred_stall_flipped", flips - big_flipped)
+    counts.add("pred_stall_stalled", n - n_big - (flips - big_flipped))
+    acc.update_ratio.merge(Mean(False, n, _sum_over_stiffness(chunk.twice_delta, stiff) / 2))
+    acc.grid_rel.merge(Mean(False, n, _sum_over_stiffness(error, stiff)))
+
+    if chunk.grad is None:
+        return
+    acc.grad_ratio.merge(Mean(False, n, _sum_over_stiffness(chunk.grad, stiff)))
+    counts.add("grad_below", torch.count_nonzero(chunk.grad < stiff.values))
+    # co-moment against the centred |grad|: sum(S·gc) - mean(S)·sum(gc), as sum(gc) ≈ 0
+    if chunk.grad_centered is None or isinstance(stiff.values, float) or m2_s == 0.0:
+        c_xy = 0.0
+    else:
+        c_xy = (
+            float(torch.dot(stiff.values, chunk.grad_centered)) - mean_s * chunk.grad_centered_sum
+        )
+    y = chunk.grad_moments
+    acc.grad.merge(CoMoments(n, mean_s, y.mean_y, m2_s, y.m2_y, c_xy))
+
+
+def _sum_over_stiffness(x: Tensor, stiff: _Stiffness) -> float:
+    """sum(x / S)."""
+    if isinstance(stiff.values, float):
+        return float(x.sum()) / stiff.values
+    if stiff.weight is not None:
+        return float(torch.dot(x, stiff.weight)) / stiff.scale
+    return float((x / stiff.values).sum())
