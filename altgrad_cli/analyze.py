@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from altgrad_cli.checkpoint import Checkpoint
@@ -20,6 +22,7 @@ from altgrad_cli.metrics import (
     accumulate_tensor,
 )
 from altgrad_cli.pairing import Pair, pair_tensors
+from altgrad_cli.parallel import available_cores, one_torch_thread
 from altgrad_cli.quantize import parse_scaling
 from altgrad_cli.report import LayerRecord, Report, SummaryRecord
 
@@ -58,6 +61,7 @@ def iter_tensor_results(
     grad_eps: float,
     chunk: int,
     progress: Progress | None = None,
+    pool: ThreadPoolExecutor | None = None,
 ) -> Iterator[TensorResult]:
     before, after, grads = checkpoints
     for done, pair in enumerate(pairs, start=1):
@@ -71,6 +75,7 @@ def iter_tensor_results(
             rescale=rescale,
             grad_eps=grad_eps,
             chunk=chunk,
+            pool=pool,
         )
         yield TensorResult(pair, acc, scales)
         if progress is not None:
@@ -92,12 +97,19 @@ def analyze(
     chunk_size: int = DEFAULT_CHUNK,
     worst: int = 5,
     progress: Progress | None = None,
+    threads: int | None = None,
 ) -> Report:
-    """Analyse one optimizer step: BEFORE and AFTER checkpoints, optional gradients, one or more formats."""
+    """Analyse one optimizer step: BEFORE and AFTER checkpoints, optional gradients, one or more formats.
+
+    Chunks run on `threads` cores (default: every core this process may use); the numbers do
+    not depend on it."""
     fmts = tuple(dict.fromkeys(get_format(f) for f in formats))
     scaling_text = str(parse_scaling(scaling))
     if chunk_size < 1:
         raise UsageError(f"--chunk-size must be at least 1, got {chunk_size}")
+    threads = available_cores() if threads is None else threads
+    if threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {threads}")
     ckpts = (
         Checkpoint(before),
         Checkpoint(after),
@@ -108,18 +120,23 @@ def analyze(
     )
     layers: list[LayerRecord] = []
     total = TensorAccumulator(fmts, has_grads=grads is not None)
-    for result in iter_tensor_results(
-        pairs,
-        ckpts,
-        fmts,
-        scaling_text,
-        rescale=rescale,
-        grad_eps=grad_eps,
-        chunk=chunk_size,
-        progress=progress,
+    with (
+        one_torch_thread(),
+        ThreadPoolExecutor(threads) if threads > 1 else nullcontext() as pool,
     ):
-        layers.extend(result.records())
-        total.merge(result.accumulator)
+        for result in iter_tensor_results(
+            pairs,
+            ckpts,
+            fmts,
+            scaling_text,
+            rescale=rescale,
+            grad_eps=grad_eps,
+            chunk=chunk_size,
+            progress=progress,
+            pool=pool,
+        ):
+            layers.extend(result.records())
+            total.merge(result.accumulator)
     summary = []
     for fmt, (name, record) in zip(fmts, total.results().items(), strict=True):
         own = sorted(

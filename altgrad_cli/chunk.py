@@ -238,21 +238,17 @@ def update_format(
     counts.add("flips", flips)
     if flipped is not None:
         counts.add("flips_on_updates", torch.count_nonzero(flipped & chunk.updated))
-        counts.add("steps_sum", steps.sum(dtype=torch.int64))
-        steps_max = int(steps.max())
-        acc.steps_max = max(acc.steps_max, steps_max)
-        if steps_max == 1:
-            acc.grid_steps.counts[:2] += torch.tensor([n - flips, flips])
-        else:
-            binned = steps.clamp_(max=16).to(torch.uint8)
-            acc.grid_steps.counts += torch.bincount(binned, minlength=17)
-    else:
-        acc.grid_steps.counts[0] += n
     counts.add("overflow", _overflow_count(yb, fmt, chunk.absmax_before, s_before))
     counts.add("underflow", chunk.n_nonzero - int(torch.count_nonzero(code_b)))
 
-    # grid alignment: e = | |b| - s·|R(b/s)| |, exact in float64
     s_value = 1.0 if s_before is None else (float(s_before) if s_before.dim() == 0 else None)
+    plan = _one_scale_plan(fmt, s_value, yb.dtype)
+    field = _exponent_field(yb, fmt) if plan is not None else None
+    exponent_bins = _add_grid_steps(
+        acc, fmt, steps, flips, field if chunk.nonzero is None else None
+    )
+
+    # grid alignment: e = | |b| - s·|R(b/s)| |, exact in float64
     grid = decode_magnitude64(code_b.abs(), fmt, 1.0 if s_value is None else s_value)
     if s_value is None:
         grid *= s_before.to(torch.float64)
@@ -264,15 +260,45 @@ def update_format(
     counts.add("stiffness_zero", n - chunk.n_nonzero)
     if chunk.n_nonzero == 0:
         return
+    flips_nonzero = flips
     if chunk.nonzero is not None:
         keep = chunk.nonzero
         yb, error = yb[keep], error[keep]
+        field = field[keep] if field is not None else None
         flipped = flipped[keep] if flipped is not None else None
         s_before = s_before[keep] if s_value is None else s_before
-    flips_nonzero = flips
-    if chunk.nonzero is not None:
         flips_nonzero = int(torch.count_nonzero(flipped)) if flipped is not None else 0
-    _add_stiffness(acc, fmt, chunk, yb, error, flipped, flips_nonzero, s_before, s_value)
+    if plan is not None:
+        stiff, mean_s, m2_s = _stiffness_from_field(acc, fmt, field, exponent_bins, plan, s_value)
+    else:
+        stiff, mean_s, m2_s = _stiffness(acc, fmt, yb, s_before, s_value)
+    _add_stiffness_ratios(acc, chunk, stiff, mean_s, m2_s, error, flipped, flips_nonzero)
+
+
+def _add_grid_steps(
+    acc: FormatAccumulator, fmt: Format, steps: Tensor, flips: int, field: Tensor | None
+) -> Tensor | None:
+    """Grid-step counts; with an exponent field, counted in one joint pass with the exponent
+    histogram (returned then, else None): every histogram costs a serial pass over the chunk."""
+    n = steps.numel()
+    if flips == 0:
+        acc.grid_steps.counts[0] += n
+        return None
+    acc.counts.add("steps_sum", steps.sum(dtype=torch.int64))
+    steps_max = int(steps.max())
+    acc.steps_max = max(acc.steps_max, steps_max)
+    if steps_max == 1:
+        acc.grid_steps.counts[:2] += torch.tensor([n - flips, flips])
+        return None
+    clamped = steps.clamp_(max=16)
+    if field is None:
+        acc.grid_steps.counts += torch.bincount(clamped.to(torch.uint8), minlength=17)
+        return None
+    span = fmt.emax - fmt.emin + 1
+    joint = (field >> 23).sub_(fmt.emin + 127).mul_(17).add_(clamped)
+    both = torch.bincount(joint, minlength=17 * span).view(span, 17)
+    acc.grid_steps.counts += both.sum(dim=0)
+    return both.sum(dim=1)
 
 
 def _overflow_count(y: Tensor, fmt: Format, absmax: float, s: Tensor | None) -> int:
@@ -321,15 +347,16 @@ class _Stiffness:
     scale: float | None
 
 
-def _one_scale_f32_bits(fmt: Format, s: float) -> tuple[int, int] | None:
-    """(C_S, C_W) such that S and W are float32 bit patterns `field + C_S` and `C_W - field`, where
-    field is y's exponent field in place (k + 127) << 23; None unless S, S/2 and W are all normal
-    float32 numbers (then both are exact)."""
-    mantissa, scale_exp = fmt.mantissa_bits, math.frexp(s)[1] - 1
-    if fmt.is_fixed_point or fmt.emin < -126 or s < 2.0**-126:
+def _one_scale_plan(fmt: Format, s: float | None, dtype: torch.dtype) -> tuple[int, int] | None:
+    """(C_S, C_W) such that S and W are the float32 bit patterns `field + C_S` and `C_W - field`,
+    field being y's exponent field in place ((k + 127) << 23, see `_exponent_field`); None unless
+    there is one scale, y is float32 and S, S/2 and W are all normal float32 numbers, so exact."""
+    if s is None or dtype != torch.float32 or fmt.is_fixed_point or fmt.emin < -126:
         return None
+    mantissa, scale_exp = fmt.mantissa_bits, math.frexp(s)[1] - 1
     if not (
-        scale_exp + fmt.emin - mantissa - 1 >= -126
+        s >= 2.0**-126
+        and scale_exp + fmt.emin - mantissa - 1 >= -126
         and scale_exp + fmt.emax - mantissa <= 127
         and mantissa - fmt.emax >= -126
         and mantissa - fmt.emin <= 127
@@ -339,47 +366,71 @@ def _one_scale_f32_bits(fmt: Format, s: float) -> tuple[int, int] | None:
     return s_bits - ((127 + mantissa) << 23), (254 + mantissa) << 23
 
 
+def _exponent_field(y: Tensor, fmt: Format) -> Tensor:
+    """float32 y's exponent field, left in place and clamped to [emin, emax] + 127 (zero and
+    subnormal y have field 0, which the clamp sends to emin, as the SPEC's clamp does)."""
+    return (y.view(torch.int32) & 0x7F800000).clamp_((fmt.emin + 127) << 23, (fmt.emax + 127) << 23)
+
+
+def _one_scale_moments(
+    acc: FormatAccumulator, fmt: Format, bins: Tensor, s: float
+) -> tuple[float, float]:
+    """S's mean and M2 from the exponent histogram (one S per bin); adds mean, min, max and the
+    histogram of floor(log2 S) to `acc`."""
+    n = int(bins.sum())
+    low_exp = (fmt.emin if not fmt.is_fixed_point else 0) - fmt.mantissa_bits  # log2 P in bin 0
+    levels = _power_of_two(torch.arange(len(bins)), low_exp).mul_(s)  # S of each bin
+    occupied = torch.nonzero(bins).reshape(-1)
+    low, high = int(occupied[0]), int(occupied[-1])
+    weights = bins.to(torch.float64)
+    mean = float((weights * levels).sum()) / n
+    m2 = float((weights * (levels - mean) ** 2).sum()) if low != high else 0.0
+    acc.stiffness.merge(Mean(True, n, mean * n, float(levels[low]), float(levels[high])))
+    acc.stiffness_hist.add_counts(low_exp + math.frexp(s)[1] - 1, bins)
+    return mean, m2
+
+
+def _stiffness_from_field(
+    acc: FormatAccumulator,
+    fmt: Format,
+    field: Tensor,
+    bins: Tensor | None,
+    plan: tuple[int, int],
+    s: float,
+) -> tuple[_Stiffness, float, float]:
+    """The fast path: one scale, float32, everything from the exponent field by integer adds."""
+    c_s, c_w = plan
+    if bins is None:
+        index = (field >> 23).sub_(fmt.emin + 127).to(torch.uint8)
+        bins = torch.bincount(index, minlength=fmt.emax - fmt.emin + 1)
+    mean, m2 = _one_scale_moments(acc, fmt, bins, s)
+    values = (field + c_s).view(torch.float32).to(torch.float64)
+    weight = (c_w - field).view(torch.float32).to(torch.float64)
+    return _Stiffness(values, weight, s), mean, m2
+
+
 def _stiffness(
     acc: FormatAccumulator, fmt: Format, yb: Tensor, s: Tensor | None, s_value: float | None
 ) -> tuple[_Stiffness, float, float]:
-    """(S, its mean, its M2) for the chunk's non-zero elements; adds S's mean, min, max and
-    histogram to `acc`."""
+    """(S, its mean, its M2) for the chunk's non-zero elements in float64, for any scale and
+    storage; adds S's mean, min, max and histogram to `acc`."""
     n = yb.numel()
-    mantissa = fmt.mantissa_bits
-    low_exp = (fmt.emin if not fmt.is_fixed_point else 0) - mantissa  # log2 P in bin 0
+    low_exp = (fmt.emin if not fmt.is_fixed_point else 0) - fmt.mantissa_bits  # log2 P in bin 0
+    index = None if fmt.is_fixed_point else _exponent_index(yb, fmt)
     if s_value is not None:
-        plan = _one_scale_f32_bits(fmt, s_value) if yb.dtype == torch.float32 else None
-        if fmt.is_fixed_point:
+        if index is None:  # fixed point: S = s · 2^-M for every element
             bins = torch.tensor([n])
             values, weight = s_value * 2.0**low_exp, 2.0**-low_exp
-        elif plan is not None:
-            c_s, c_w = plan
-            field = (yb.view(torch.int32) & 0x7F800000).clamp_(
-                (fmt.emin + 127) << 23, (fmt.emax + 127) << 23
-            )
-            index = (field >> 23).sub_(fmt.emin + 127).to(torch.uint8)
-            bins = torch.bincount(index, minlength=fmt.emax - fmt.emin + 1)
-            values = (field + c_s).view(torch.float32).to(torch.float64)
-            weight = (c_w - field).view(torch.float32).to(torch.float64)
         else:
-            index = _exponent_index(yb, fmt)
             bins = torch.bincount(index, minlength=fmt.emax - fmt.emin + 1)
             values = _power_of_two(index, low_exp).mul_(s_value)
             weight = _power_of_two(-index.to(torch.int64), -low_exp)
-        levels = _power_of_two(torch.arange(len(bins)), low_exp).mul_(s_value)  # S of each bin
-        occupied = torch.nonzero(bins).reshape(-1)
-        low, high = int(occupied[0]), int(occupied[-1])
-        mean = float((bins.to(torch.float64) * levels).sum()) / n
-        m2 = float((bins.to(torch.float64) * (levels - mean) ** 2).sum()) if low != high else 0.0
-        acc.stiffness.merge(Mean(True, n, mean * n, float(levels[low]), float(levels[high])))
-        acc.stiffness_hist.add_counts(low_exp + math.frexp(s_value)[1] - 1, bins)
+        mean, m2 = _one_scale_moments(acc, fmt, bins, s_value)
         return _Stiffness(values, weight, s_value), mean, m2
     s64 = s.to(torch.float64)
-    if fmt.is_fixed_point:
-        values = s64 * 2.0**low_exp
-        exponents = low_exp
+    if index is None:
+        values, exponents = s64 * 2.0**low_exp, low_exp
     else:
-        index = _exponent_index(yb, fmt)
         values = _power_of_two(index, low_exp).mul_(s64)
         exponents = index.to(torch.int64) + low_exp
     _, s_exp = torch.frexp(s64)
@@ -390,21 +441,18 @@ def _stiffness(
     return _Stiffness(values, None, None), mean, m2
 
 
-def _add_stiffness(
+def _add_stiffness_ratios(
     acc: FormatAccumulator,
-    fmt: Format,
     chunk: Chunk,
-    yb: Tensor,
+    stiff: _Stiffness,
+    mean_s: float,
+    m2_s: float,
     error: Tensor,
     flipped: Tensor | None,
     flips: int,
-    s_before: Tensor | None,
-    s_value: float | None,
 ) -> None:
-    """Stiffness, update/stiffness and grad/stiffness statistics over the non-zero elements."""
+    """update/stiffness and grad/stiffness statistics over the non-zero elements."""
     counts, n = acc.counts, chunk.n_nonzero
-    stiff, mean_s, m2_s = _stiffness(acc, fmt, yb, s_before, s_value)
-
     # r = |Δ|/S ≥ 1/2  ⇔  2|Δ| ≥ S: exact in float64
     big = chunk.twice_delta >= stiff.values
     n_big = int(torch.count_nonzero(big))

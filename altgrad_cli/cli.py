@@ -185,7 +185,13 @@ def analyze_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     chunk_size: Annotated[
         int, typer.Option("--chunk-size", help="Elements per chunk (memory bound).")
-    ] = 1 << 20,
+    ] = 1 << 18,  # metrics.DEFAULT_CHUNK, without importing torch for --help
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads", "-j", help="Cores to use (default: all available). Same numbers for any."
+        ),
+    ] = None,
     fail_if: FailIfOption = [],
     baseline: BaselineOption = None,
     layer: LayerOption = None,
@@ -212,6 +218,7 @@ def analyze_command(
                 exclude=exclude,
                 chunk_size=chunk_size,
                 progress=progress,
+                threads=threads,
             )
         results = []
         if rules:

@@ -9,6 +9,7 @@ materialised at full-tensor size, so memory is bounded by the chunk size.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -23,6 +24,7 @@ from altgrad_cli.chunk import (
     update_format,
 )
 from altgrad_cli.formats import Format
+from altgrad_cli.parallel import one_torch_thread, ordered_map
 from altgrad_cli.quantize import (
     Scale,
     Scaling,
@@ -222,8 +224,11 @@ def accumulate_tensor(
     rescale: bool = False,
     grad_eps: float = DEFAULT_GRAD_EPS,
     chunk: int = DEFAULT_CHUNK,
+    pool: ThreadPoolExecutor | None = None,
 ) -> tuple[TensorAccumulator, dict[str, dict]]:
-    """The mergeable accumulator of one tensor (for summaries across tensors) and its scales."""
+    """The mergeable accumulator of one tensor (for summaries across tensors) and its scales.
+
+    With a `pool`, chunks run on its threads; their partial results are merged in chunk order."""
     scaling = parse_scaling(scaling)
     formats = tuple(formats)
     dtype = working_dtype(before.dtype)
@@ -240,20 +245,28 @@ def accumulate_tensor(
     rows, cols = view
     b2, a2 = before.reshape(rows, cols), after.reshape(rows, cols)
     g2 = grad.reshape(rows, cols) if grad is not None else None
-    acc = TensorAccumulator(formats, grad is not None)
     align = scaling.block if scaling.mode == "block" else 1
-    for r0, r1, c0, c1 in iter_chunks(rows, cols, chunk, align):
+
+    def one_chunk(bounds: tuple[int, int, int, int]) -> TensorAccumulator:
+        r0, r1, c0, c1 = bounds
         pairs = [
             tuple(None if s.is_unit else s.for_chunk(r0, r1, c0, c1).to(dtype) for s in pair)
             for pair in scale_pairs
         ]
-        acc.update(
+        part = TensorAccumulator(formats, grad is not None)
+        part.update(
             b2[r0:r1, c0:c1],
             a2[r0:r1, c0:c1],
             None if g2 is None else g2[r0:r1, c0:c1],
             pairs,
             grad_eps,
         )
+        return part
+
+    acc = TensorAccumulator(formats, grad is not None)
+    with one_torch_thread():  # per-chunk sums that do not depend on the machine's core count
+        for part in ordered_map(one_chunk, iter_chunks(rows, cols, chunk, align), pool):
+            acc.merge(part)
     scales = {
         fmt.name: scale_summary(pair[0], fmt)
         for fmt, pair in zip(formats, scale_pairs, strict=True)

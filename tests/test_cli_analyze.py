@@ -238,6 +238,16 @@ def test_chunk_size_does_not_change_the_numbers(ckpt):
         assert x["stiffness"]["mean"] == pytest.approx(y["stiffness"]["mean"], rel=1e-12)
 
 
+def test_thread_count_does_not_change_a_byte(ckpt):
+    before, after, grads = ckpt()
+    args = (before, after, "--grads", grads, "-o", "json", "-f", "e4m3fn", "-f", "E0M7")
+    small = ("--chunk-size", "16")  # many chunks, so the workers really share them
+    one = run(*args, *small, "--threads", "1")
+    three = run(*args, *small, "--threads", "3")
+    assert one.exit_code == 0 and one.stdout == three.stdout
+    assert run(*args, "--threads", "0").exit_code == 2
+
+
 def test_out_file_sort_and_top(ckpt, tmp_path):
     before, after, grads = ckpt()
     out = tmp_path / "report.json"

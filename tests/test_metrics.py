@@ -135,12 +135,16 @@ def _get(record, key):
     return value
 
 
-def _workload(seed: int, shape=(24, 37)):
+def _workload(seed: int, shape=(24, 37), clean: bool = False):
+    """Weights, updates and grads; unless `clean`, with zeros, NaN, inf and a deep underflow,
+    which send every chunk down the general path (clean chunks take the fast paths)."""
     rng = np.random.default_rng(seed)
     before = (rng.standard_normal(shape) * 0.05).astype(np.float32)
     grad = (rng.standard_normal(shape) * 1e-3).astype(np.float32)
     grad[rng.random(shape) < 0.3] = 0
     after = (before - 3e-3 * np.sign(grad) * rng.uniform(0.5, 1, shape)).astype(np.float32)
+    if clean:
+        return before, after, grad
     before.flat[::17] = 0.0
     before.flat[5] = np.nan
     after.flat[9] = np.inf
@@ -148,10 +152,11 @@ def _workload(seed: int, shape=(24, 37)):
     return before, after, grad
 
 
+@pytest.mark.parametrize("clean", [False, True], ids=["special", "clean"])
 @pytest.mark.parametrize("scaling", SCALINGS)
 @pytest.mark.parametrize("fmt_name", FORMATS)
-def test_metrics_match_whole_tensor_reference(fmt_name, scaling):
-    before, after, grad = _workload(sum(map(ord, fmt_name + scaling)))
+def test_metrics_match_whole_tensor_reference(fmt_name, scaling, clean):
+    before, after, grad = _workload(sum(map(ord, fmt_name + scaling)), clean=clean)
     fmt = get_format(fmt_name)
     records, _ = tensor_metrics(
         torch.from_numpy(before),
@@ -202,6 +207,18 @@ def test_f8_storage_and_float64():
         b64, b64 * (1 + 2.0**-52), None, [get_format("e4m3fn")], "none"
     )  # one ULP each
     assert r["e4m3fn"]["ulp"]["median"] == 1 and r["e4m3fn"]["flips"] == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_inputs_are_left_untouched(dtype):
+    b = (torch.randn(40, 30) * 0.02).to(dtype)
+    a, g = b - 1e-3, torch.randn(40, 30).to(dtype)
+    b[0, 0] = 0.0
+    copies = [t.clone() for t in (b, a, g)]
+    tensor_metrics(b, a, g, [get_format("e4m3fn"), get_format("E0M7")], "channel", chunk=100)
+    tensor_metrics(b, a, g, [get_format("e4m3fn")], "tensor", chunk=100)
+    for t, c in zip((b, a, g), copies, strict=True):
+        assert torch.equal(t, c)
 
 
 def test_empty_scalar_and_all_zero_tensors():
