@@ -85,6 +85,7 @@ class Chunk:
     abs_before: Tensor  # float64 |before|
     twice_delta: Tensor  # float64 2·|after - before| (exact), over before != 0
     grad: Tensor | None  # float64 |grad|, over before != 0
+    grad32: Tensor | None  # the same in the working dtype
     grad_moments: CoMoments | None  # the y side (|grad|) of the correlation, over before != 0
     grad_centered: Tensor | None  # |grad| - its mean, over before != 0; None when constant
     grad_centered_sum: float
@@ -144,9 +145,11 @@ def prepare_chunk(
     twice_delta = (a.to(torch.float64) - b64).abs_().mul_(2.0)
     abs_before = b64.abs()
     grad64 = abs_g.to(torch.float64) if abs_g is not None else None
+    grad32 = abs_g
     if nonzero is not None:
         twice_delta = twice_delta[nonzero]
         grad64 = grad64[nonzero] if grad64 is not None else None
+        grad32 = grad32[nonzero] if grad32 is not None else None
     grad_moments = grad_centered = None
     grad_centered_sum = 0.0
     if grad64 is not None and n_nonzero:
@@ -163,6 +166,7 @@ def prepare_chunk(
         abs_before,
         twice_delta,
         grad64,
+        grad32,
         grad_moments,
         grad_centered,
         grad_centered_sum,
@@ -193,28 +197,25 @@ def _centered(x: Tensor) -> tuple[Tensor | None, float, float]:
 def ulp_distances(before: Tensor, after: Tensor, absmax: float) -> Tensor:
     """|ord(after) - ord(before)| in the storage dtype's own ordinals (±0 both 0).
 
-    The ordinal of a sign-magnitude pattern is the magnitude, negated for negative values:
-    (mag ^ m) - m with m = 0 or -1 from the sign bit. The difference needs one more bit than the
-    storage: it is taken in int32 for narrow dtypes and for float32 values below 2 in magnitude
-    (patterns below 2^30), in int64 otherwise. Float64 values of opposite signs beyond ±2 can be
-    more than 2^63 - 1 apart; such distances are counted as 2^63 - 1.
+    Storage floats are sign-magnitude: where both signs agree the distance is the difference of
+    the raw patterns (the sign bits cancel), and where they differ it is the sum of the two
+    magnitudes. Both need one more bit than the storage: int32 serves narrow dtypes and float32
+    values below 2 in magnitude (patterns below 2^30), int64 the rest. Float64 values of
+    opposite signs beyond ±2 can be more than 2^63 - 1 apart; such distances count as 2^63 - 1.
     """
     width = before.element_size()
     small = absmax < 2.0
     wide = torch.int32 if width < 4 or (width == 4 and small) else torch.int64
-    mask = (1 << (8 * width - 1)) - 1
-    mags, ords = [], []
-    for raw in (before, after):
-        bits = raw.view(_INT_OF_WIDTH[width])
-        bits = bits.to(wide) if bits.dtype != wide else bits  # sign-extends
-        sign = bits >> (8 * wide.itemsize - 1)
-        mags.append(bits & mask)
-        ords.append((mags[-1] ^ sign) - sign)
-    distance = (ords[1] - ords[0]).abs_()
-    if width == 8 and not small:
-        too_far = (distance < 0) | (mags[0] > (2**63 - 1) - mags[1])
-        too_far &= (ords[0] < 0) != (ords[1] < 0)
-        distance = torch.where(too_far, torch.tensor(2**63 - 1), distance)
+    bits_b = before.view(_INT_OF_WIDTH[width]).to(wide)  # sign-extends; no copy when same
+    bits_a = after.view(_INT_OF_WIDTH[width]).to(wide)
+    distance = (bits_a - bits_b).abs_()
+    crossed = (bits_a ^ bits_b) < 0
+    if bool(crossed.any()):
+        mask = (1 << (8 * width - 1)) - 1
+        across = (bits_a & mask).add_(bits_b & mask)
+        if width == 8 and not small:  # wrapped past 2^63 - 1
+            across.masked_fill_(across < 0, 2**63 - 1)
+        distance = torch.where(crossed, across, distance)
     return distance
 
 
@@ -230,7 +231,10 @@ def update_format(
     b, a, n = chunk.before, chunk.after, chunk.n
     yb = b if s_before is None else b / s_before
     ya = a if s_after is None else a / s_after
-    code_b, code_a = encode_scaled(yb, fmt), encode_scaled(ya, fmt)
+    top_b = _scaled_absmax(chunk.absmax_before, s_before, yb.dtype)
+    top_a = _scaled_absmax(chunk.absmax_after, s_after, ya.dtype)
+    code_b = encode_scaled(yb, fmt, saturate=top_b is None or top_b > fmt.max)
+    code_a = encode_scaled(ya, fmt, saturate=top_a is None or top_a > fmt.max)
     wide = torch.int16 if code_b.dtype == torch.int8 else torch.int32
     steps = (code_a.to(wide) - code_b).abs_()
     flips = int(torch.count_nonzero(steps))
@@ -238,7 +242,7 @@ def update_format(
     counts.add("flips", flips)
     if flipped is not None:
         counts.add("flips_on_updates", torch.count_nonzero(flipped & chunk.updated))
-    counts.add("overflow", _overflow_count(yb, fmt, chunk.absmax_before, s_before))
+    counts.add("overflow", _overflow_count(yb, fmt, top_b))
     counts.add("underflow", chunk.n_nonzero - int(torch.count_nonzero(code_b)))
 
     s_value = 1.0 if s_before is None else (float(s_before) if s_before.dim() == 0 else None)
@@ -301,20 +305,40 @@ def _add_grid_steps(
     return both.sum(dim=1)
 
 
-def _overflow_count(y: Tensor, fmt: Format, absmax: float, s: Tensor | None) -> int:
-    """Elements beyond ±max before saturation; with one scale, skipped when the chunk's largest
-    |before| / s (the same float division, so the same rounding) cannot overflow."""
-    if s is None or s.dim() == 0:
-        top = torch.tensor([absmax], dtype=y.dtype)
-        if not bool(overflow_mask(top if s is None else top / s, fmt).any()):
+def _scaled_absmax(absmax: float, s: Tensor | None, dtype: torch.dtype) -> float | None:
+    """max |x / s| over the chunk, from max |x| by the same float division (so the same
+    rounding: division by a positive number is monotone); None with one scale per element."""
+    if s is not None and s.dim() != 0:
+        return None
+    top = torch.tensor([absmax], dtype=dtype)
+    return float(top if s is None else top / s)
+
+
+def _overflow_count(y: Tensor, fmt: Format, top: float | None) -> int:
+    """Elements beyond ±max before saturation; skipped when the chunk's largest |y| is not."""
+    if top is not None:
+        largest = torch.tensor([top], dtype=y.dtype)
+        if not bool(overflow_mask(largest, fmt).any()):
             return 0
     return int(torch.count_nonzero(overflow_mask(y, fmt)))
 
 
 def _add_moments(moments: Moments, x: Tensor) -> None:
-    low, high = torch.aminmax(x)
-    centered, mean, m2 = _centered(x)
-    moments.merge(Moments(x.numel(), mean, m2, float(low), float(high)))
+    """M2 from the sum and the sum of squares (no centred copy), unless they cancel, that is
+    unless the values are nearly equal: then two passes, and exactly 0 when all are equal."""
+    n = x.numel()
+    low, high = (float(v) for v in torch.aminmax(x))
+    total = float(x.sum())
+    mean = total / n
+    if low == high:
+        mean, m2 = low, 0.0
+    else:
+        squares = float(torch.dot(x, x))
+        m2 = squares - total * mean
+        if m2 <= 1e-6 * squares:  # cancellation would cost more than 1e-10 of M2
+            centered = x - mean
+            m2 = float(torch.dot(centered, centered))
+    moments.merge(Moments(n, mean, m2, low, high))
 
 
 def _exponent_index(y: Tensor, fmt: Format) -> Tensor:
@@ -345,6 +369,7 @@ class _Stiffness:
     values: Tensor | float
     weight: Tensor | float | None
     scale: float | None
+    values32: Tensor | None = None  # S as float32, when that is exact
 
 
 def _one_scale_plan(fmt: Format, s: float | None, dtype: torch.dtype) -> tuple[int, int] | None:
@@ -377,15 +402,12 @@ def _one_scale_moments(
 ) -> tuple[float, float]:
     """S's mean and M2 from the exponent histogram (one S per bin); adds mean, min, max and the
     histogram of floor(log2 S) to `acc`."""
-    n = int(bins.sum())
     low_exp = (fmt.emin if not fmt.is_fixed_point else 0) - fmt.mantissa_bits  # log2 P in bin 0
-    levels = _power_of_two(torch.arange(len(bins)), low_exp).mul_(s)  # S of each bin
-    occupied = torch.nonzero(bins).reshape(-1)
-    low, high = int(occupied[0]), int(occupied[-1])
-    weights = bins.to(torch.float64)
-    mean = float((weights * levels).sum()) / n
-    m2 = float((weights * (levels - mean) ** 2).sum()) if low != high else 0.0
-    acc.stiffness.merge(Mean(True, n, mean * n, float(levels[low]), float(levels[high])))
+    occupied = [(math.ldexp(s, low_exp + i), c) for i, c in enumerate(bins.tolist()) if c]
+    n = sum(c for _, c in occupied)
+    mean = math.fsum(level * c for level, c in occupied) / n
+    m2 = math.fsum(c * (level - mean) ** 2 for level, c in occupied) if len(occupied) > 1 else 0.0
+    acc.stiffness.merge(Mean(True, n, mean * n, occupied[0][0], occupied[-1][0]))
     acc.stiffness_hist.add_counts(low_exp + math.frexp(s)[1] - 1, bins)
     return mean, m2
 
@@ -404,9 +426,9 @@ def _stiffness_from_field(
         index = (field >> 23).sub_(fmt.emin + 127).to(torch.uint8)
         bins = torch.bincount(index, minlength=fmt.emax - fmt.emin + 1)
     mean, m2 = _one_scale_moments(acc, fmt, bins, s)
-    values = (field + c_s).view(torch.float32).to(torch.float64)
+    values32 = (field + c_s).view(torch.float32)
     weight = (c_w - field).view(torch.float32).to(torch.float64)
-    return _Stiffness(values, weight, s), mean, m2
+    return _Stiffness(values32.to(torch.float64), weight, s, values32), mean, m2
 
 
 def _stiffness(
@@ -467,7 +489,10 @@ def _add_stiffness_ratios(
     if chunk.grad is None:
         return
     acc.grad_ratio.merge(Mean(False, n, _sum_over_stiffness(chunk.grad, stiff)))
-    counts.add("grad_below", torch.count_nonzero(chunk.grad < stiff.values))
+    if stiff.values32 is not None:  # the same comparison on half the bytes: both sides exact
+        counts.add("grad_below", torch.count_nonzero(chunk.grad32 < stiff.values32))
+    else:
+        counts.add("grad_below", torch.count_nonzero(chunk.grad < stiff.values))
     # co-moment against the centred |grad|: sum(S·gc) - mean(S)·sum(gc), as sum(gc) ≈ 0
     if chunk.grad_centered is None or isinstance(stiff.values, float) or m2_s == 0.0:
         c_xy = 0.0

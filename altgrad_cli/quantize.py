@@ -150,9 +150,9 @@ def native_dtype(fmt: Format) -> torch.dtype | None:
     return dtype if get_format(fmt.name) == fmt else None
 
 
-def _encode_native(y: Tensor, fmt: Format, dtype: torch.dtype) -> Tensor:
+def _encode_native(y: Tensor, fmt: Format, dtype: torch.dtype, saturate: bool) -> Tensor:
     """Codes through torch's cast: the stored pattern is sign + code, so no rounding logic is needed."""
-    clamped = y.clamp(-fmt.max, fmt.max)  # torch's casts do not saturate
+    clamped = y.clamp(-fmt.max, fmt.max) if saturate else y  # torch's casts do not saturate
     pattern = clamped.to(dtype).view(_INT_OF_WIDTH[dtype.itemsize])
     sign = pattern >> (8 * dtype.itemsize - 1)
     code = pattern & ((1 << (8 * dtype.itemsize - 1)) - 1)
@@ -161,16 +161,17 @@ def _encode_native(y: Tensor, fmt: Format, dtype: torch.dtype) -> Tensor:
     return code
 
 
-def encode_scaled(y: Tensor, fmt: Format) -> Tensor:
+def encode_scaled(y: Tensor, fmt: Format, *, saturate: bool = True) -> Tensor:
     """Signed codes of R(y) for a float32/float64 tensor already divided by its scale.
 
     The result is the narrowest signed int dtype that holds every code (int8 for torch's float8
     formats, int16 for bf16/fp16, int32 otherwise); widen before subtracting codes. Non-finite
     inputs get meaningless codes here; `encode` marks them, the metrics mask them out.
+    `saturate=False` skips the clamp to ±max, for callers that know |y| <= max.
     """
     native = native_dtype(fmt) if y.dtype == torch.float32 else None
     if native is not None:  # float64 must not take it: torch casts float64 through float32 twice
-        return _encode_native(y, fmt, native)
+        return _encode_native(y, fmt, native, saturate)
     return encode_scaled_bits(y, fmt)
 
 

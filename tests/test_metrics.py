@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from reference import enumerate_grid, round_to_grid
 
 from altgrad_cli import compute_scale, get_format, tensor_metrics
+from altgrad_cli.chunk import ulp_distances
 from altgrad_cli.stats import CoMoments, Moments, UlpHistogram
 
 SCALINGS = [
@@ -219,6 +220,39 @@ def test_inputs_are_left_untouched(dtype):
     tensor_metrics(b, a, g, [get_format("e4m3fn")], "tensor", chunk=100)
     for t, c in zip((b, a, g), copies, strict=True):
         assert torch.equal(t, c)
+
+
+_INT_OF = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+@pytest.mark.parametrize(
+    "dtype",
+    [torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.float8_e4m3fn],
+)
+def test_ulp_distances_match_python_integers(dtype):
+    finfo = torch.finfo(dtype)
+    values = [0.0, -0.0, finfo.tiny, -finfo.tiny, 1.0, -1.0, 1.5, -1.75, 3.0, -3.0]
+    values += [finfo.max, -finfo.max, finfo.smallest_normal / 4, -finfo.eps]
+    x = torch.tensor(values, dtype=torch.float64).to(dtype)
+    before, after = x.repeat_interleave(len(x)), x.repeat(len(x))
+    width = x.element_size()
+
+    def ordinal(bits: int) -> int:
+        magnitude = bits & ((1 << (8 * width - 1)) - 1)
+        return -magnitude if bits < 0 else magnitude
+
+    b_bits = before.view(_INT_OF[width]).tolist()
+    a_bits = after.view(_INT_OF[width]).tolist()
+    want = [
+        min(abs(ordinal(p) - ordinal(q)), 2**63 - 1) for p, q in zip(a_bits, b_bits, strict=True)
+    ]
+    for absmax in (1.0, float(finfo.max)):  # both sides of the int32 / int64 switch
+        if absmax == 1.0:
+            keep = (before.double().abs() < 2) & (after.double().abs() < 2)
+            got = ulp_distances(before[keep], after[keep], absmax).tolist()
+            assert got == [w for w, k in zip(want, keep.tolist(), strict=True) if k]
+        else:
+            assert ulp_distances(before, after, absmax).tolist() == want
 
 
 def test_empty_scalar_and_all_zero_tensors():
