@@ -141,9 +141,9 @@ def prepare_chunk(
     n_nonzero = int(torch.count_nonzero(b))
     nonzero = b != 0 if n_nonzero < n else None
 
-    b64 = b.to(torch.float64)  # may be the caller's own tensor: no in-place ops on it
-    twice_delta = (a.to(torch.float64) - b64).abs_().mul_(2.0)
-    abs_before = b64.abs()
+    b64 = b.to(torch.float64, copy=True)  # copies: never write into the caller's tensors
+    twice_delta = a.to(torch.float64, copy=True).sub_(b64).abs_().mul_(2.0)
+    abs_before = b64.abs_()
     grad64 = abs_g.to(torch.float64) if abs_g is not None else None
     grad32 = abs_g
     if nonzero is not None:
@@ -209,8 +209,9 @@ def ulp_distances(before: Tensor, after: Tensor, absmax: float) -> Tensor:
     bits_b = before.view(_INT_OF_WIDTH[width]).to(wide)  # sign-extends; no copy when same
     bits_a = after.view(_INT_OF_WIDTH[width]).to(wide)
     distance = (bits_a - bits_b).abs_()
-    crossed = (bits_a ^ bits_b) < 0
-    if bool(crossed.any()):
+    signs = bits_a ^ bits_b  # negative where the signs differ
+    if int(signs.min()) < 0:
+        crossed = signs < 0
         mask = (1 << (8 * width - 1)) - 1
         across = (bits_a & mask).add_(bits_b & mask)
         if width == 8 and not small:  # wrapped past 2^63 - 1
