@@ -238,20 +238,11 @@ def update_format(
     code_a = encode_scaled(ya, fmt, saturate=top_a is None or top_a > fmt.max)
     wide = torch.int16 if code_b.dtype == torch.int8 else torch.int32
     steps = (code_a.to(wide) - code_b).abs_()
-    flips = int(torch.count_nonzero(steps))
-    flipped = steps != 0 if flips else None
-    counts.add("flips", flips)
-    if flipped is not None:
-        counts.add("flips_on_updates", torch.count_nonzero(flipped & chunk.updated))
     counts.add("overflow", _overflow_count(yb, fmt, top_b))
     counts.add("underflow", chunk.n_nonzero - int(torch.count_nonzero(code_b)))
-
+    counts.add("stiffness_zero", n - chunk.n_nonzero)
     s_value = 1.0 if s_before is None else (float(s_before) if s_before.dim() == 0 else None)
     plan = _one_scale_plan(fmt, s_value, yb.dtype)
-    field = _exponent_field(yb, fmt) if plan is not None else None
-    exponent_bins = _add_grid_steps(
-        acc, fmt, steps, flips, field if chunk.nonzero is None else None
-    )
 
     # grid alignment: e = | |b| - s·|R(b/s)| |, exact in float64
     grid = decode_magnitude64(code_b.abs(), fmt, 1.0 if s_value is None else s_value)
@@ -261,49 +252,87 @@ def update_format(
     _add_moments(acc.grid_error, error)
     counts.add("on_grid", n - int(torch.count_nonzero(error)))
 
-    # stiffness, over before != 0
-    counts.add("stiffness_zero", n - chunk.n_nonzero)
+    if plan is not None and chunk.nonzero is None:
+        _update_one_scale(acc, fmt, chunk, yb, steps, error, plan, s_value)
+        return
+    flips = int(torch.count_nonzero(steps))
+    flipped = steps != 0 if flips else None
+    counts.add("flips", flips)
+    if flipped is not None:
+        counts.add("flips_on_updates", torch.count_nonzero(flipped & chunk.updated))
+    _add_grid_steps(acc, steps, flips)
     if chunk.n_nonzero == 0:
         return
-    flips_nonzero = flips
-    if chunk.nonzero is not None:
+    if chunk.nonzero is not None:  # stiffness is over before != 0
         keep = chunk.nonzero
         yb, error = yb[keep], error[keep]
-        field = field[keep] if field is not None else None
         flipped = flipped[keep] if flipped is not None else None
         s_before = s_before[keep] if s_value is None else s_before
-        flips_nonzero = int(torch.count_nonzero(flipped)) if flipped is not None else 0
-    if plan is not None:
-        stiff, mean_s, m2_s = _stiffness_from_field(acc, fmt, field, exponent_bins, plan, s_value)
-    else:
-        stiff, mean_s, m2_s = _stiffness(acc, fmt, yb, s_before, s_value)
-    _add_stiffness_ratios(acc, chunk, stiff, mean_s, m2_s, error, flipped, flips_nonzero)
+        flips = int(torch.count_nonzero(flipped)) if flipped is not None else 0
+    stiff, mean_s, m2_s = _stiffness(acc, fmt, yb, s_before, s_value)
+    big = chunk.twice_delta >= stiff.values
+    n_big = int(torch.count_nonzero(big))
+    big_flipped = int(torch.count_nonzero(big & flipped)) if flipped is not None else 0
+    _add_stiffness_ratios(acc, chunk, stiff, mean_s, m2_s, error, flips, n_big, big_flipped)
 
 
-def _add_grid_steps(
-    acc: FormatAccumulator, fmt: Format, steps: Tensor, flips: int, field: Tensor | None
-) -> Tensor | None:
-    """Grid-step counts; with an exponent field, counted in one joint pass with the exponent
-    histogram (returned then, else None): every histogram costs a serial pass over the chunk."""
+def _update_one_scale(
+    acc: FormatAccumulator,
+    fmt: Format,
+    chunk: Chunk,
+    yb: Tensor,
+    steps: Tensor,
+    error: Tensor,
+    plan: tuple[int, int],
+    s: float,
+) -> None:
+    """The common case, one scale, float32, no zero weight: S and W are integer adds on y's
+    exponent field, and every per-element class (grid steps, exponent, updated, predicted flip)
+    goes into one joint histogram whose marginals give all the counts: one serial pass."""
+    c_s, c_w = plan
+    field = _exponent_field(yb, fmt)
+    values32 = (field + c_s).view(torch.float32)
+    stiff = _Stiffness(
+        values32.to(torch.float64), (c_w - field).view(torch.float32).to(torch.float64), s, values32
+    )
+    big = chunk.twice_delta >= stiff.values  # |Δ|/S ≥ 1/2, exactly
+
+    n, span = chunk.n, fmt.emax - fmt.emin + 1
+    steps_max = int(steps.max())
+    acc.steps_max = max(acc.steps_max, steps_max)
+    if steps_max >= 16:  # the histogram clamps at 16; else the sum comes from it
+        wide_enough = steps_max * n < 2**31
+        acc.counts.add("steps_sum", steps.sum(dtype=torch.int32 if wide_enough else torch.int64))
+    index = (field >> 23).sub_(fmt.emin + 127)
+    index.add_(chunk.updated, alpha=span).add_(big, alpha=2 * span).mul_(17)
+    index.add_(steps.clamp_(max=16))
+    joint = torch.bincount(index, minlength=4 * span * 17).view(2, 2, span, 17)  # big, upd
+    grid_steps = joint.sum(dim=(0, 1, 2))
+    acc.grid_steps.counts += grid_steps
+    if steps_max < 16:
+        acc.counts.add("steps_sum", int((grid_steps * torch.arange(17)).sum()))
+    flips = n - int(grid_steps[0])
+    n_big = int(joint[1].sum())
+    big_flipped = n_big - int(joint[1, :, :, 0].sum())
+    acc.counts.add("flips", flips)
+    acc.counts.add("flips_on_updates", int(joint[:, 1].sum()) - int(joint[:, 1, :, 0].sum()))
+    mean_s, m2_s = _one_scale_moments(acc, fmt, joint.sum(dim=(0, 1, 3)), s)
+    _add_stiffness_ratios(acc, chunk, stiff, mean_s, m2_s, error, flips, n_big, big_flipped)
+
+
+def _add_grid_steps(acc: FormatAccumulator, steps: Tensor, flips: int) -> None:
+    """Grid-step counts and the sum and max of the steps."""
     n = steps.numel()
     if flips == 0:
         acc.grid_steps.counts[0] += n
-        return None
-    acc.counts.add("steps_sum", steps.sum(dtype=torch.int64))
+        return
     steps_max = int(steps.max())
     acc.steps_max = max(acc.steps_max, steps_max)
+    acc.counts.add("steps_sum", steps.sum(dtype=torch.int64))
     if steps_max == 1:
         acc.grid_steps.counts[:2] += torch.tensor([n - flips, flips])
-        return None
-    clamped = steps.clamp_(max=16)
-    if field is None:
-        acc.grid_steps.counts += torch.bincount(clamped.to(torch.uint8), minlength=17)
-        return None
-    span = fmt.emax - fmt.emin + 1
-    joint = (field >> 23).sub_(fmt.emin + 127).mul_(17).add_(clamped)
-    both = torch.bincount(joint, minlength=17 * span).view(span, 17)
-    acc.grid_steps.counts += both.sum(dim=0)
-    return both.sum(dim=1)
+    else:
+        acc.grid_steps.counts += torch.bincount(steps.clamp_(max=16).to(torch.uint8), minlength=17)
 
 
 def _scaled_absmax(absmax: float, s: Tensor | None, dtype: torch.dtype) -> float | None:
@@ -413,25 +442,6 @@ def _one_scale_moments(
     return mean, m2
 
 
-def _stiffness_from_field(
-    acc: FormatAccumulator,
-    fmt: Format,
-    field: Tensor,
-    bins: Tensor | None,
-    plan: tuple[int, int],
-    s: float,
-) -> tuple[_Stiffness, float, float]:
-    """The fast path: one scale, float32, everything from the exponent field by integer adds."""
-    c_s, c_w = plan
-    if bins is None:
-        index = (field >> 23).sub_(fmt.emin + 127).to(torch.uint8)
-        bins = torch.bincount(index, minlength=fmt.emax - fmt.emin + 1)
-    mean, m2 = _one_scale_moments(acc, fmt, bins, s)
-    values32 = (field + c_s).view(torch.float32)
-    weight = (c_w - field).view(torch.float32).to(torch.float64)
-    return _Stiffness(values32.to(torch.float64), weight, s, values32), mean, m2
-
-
 def _stiffness(
     acc: FormatAccumulator, fmt: Format, yb: Tensor, s: Tensor | None, s_value: float | None
 ) -> tuple[_Stiffness, float, float]:
@@ -471,15 +481,13 @@ def _add_stiffness_ratios(
     mean_s: float,
     m2_s: float,
     error: Tensor,
-    flipped: Tensor | None,
     flips: int,
+    n_big: int,
+    big_flipped: int,
 ) -> None:
-    """update/stiffness and grad/stiffness statistics over the non-zero elements."""
+    """update/stiffness and grad/stiffness statistics over the non-zero elements; `n_big` of
+    them have r = |Δ|/S ≥ 1/2, `big_flipped` of those flipped, `flips` flipped in all."""
     counts, n = acc.counts, chunk.n_nonzero
-    # r = |Δ|/S ≥ 1/2  ⇔  2|Δ| ≥ S: exact in float64
-    big = chunk.twice_delta >= stiff.values
-    n_big = int(torch.count_nonzero(big))
-    big_flipped = int(torch.count_nonzero(big & flipped)) if flipped is not None else 0
     counts.add("pred_flip_flipped", big_flipped)
     counts.add("pred_flip_stalled", n_big - big_flipped)
     counts.add("pred_stall_flipped", flips - big_flipped)

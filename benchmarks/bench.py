@@ -210,6 +210,9 @@ def main() -> None:
     parser.add_argument(
         "--skip-seed", action="store_true", help="leave out (e), the slow seed-style baseline"
     )
+    parser.add_argument(
+        "--only", default="abcde", help="the cases to run, by letter (default: abcde)"
+    )
     parser.add_argument("--child", choices=sorted(CHILD), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.small:
@@ -260,6 +263,7 @@ def main() -> None:
     )
     print(f"{'case':<32} {'median s':>9} {'runs':>5} {'peak RssAnon MiB':>17}")
     medians = {}
+    cases = {label: argv for label, argv in cases.items() if label[1] in args.only}
     for label, argv in cases.items():
         runs = [measure(argv) for _ in range(1 if label.startswith("(e)") else args.repeat)]
         medians[label[:3]] = statistics.median(s for s, _ in runs)
