@@ -135,26 +135,26 @@ def case_cast(paths: list[Path]) -> None:
 
 
 def case_seed(paths: list[Path]) -> None:
-    """The seed's formulas on whole tensors, as a training-loop library would run them."""
-    from altgrad_cli import (
+    """The seed's formulas on whole tensors, as the seed plans wrote them (seed_baseline.py)."""
+    from seed_baseline import (
         E4M3,
         WeightFlipTracker,
-        compute_ulp_distance,
         gradient_stiffness_correlation,
         grid_alignment_statistics,
+        ulp_statistics,
     )
+
     from altgrad_cli.checkpoint import Checkpoint
 
     before, after, grads = (Checkpoint(p) for p in paths)
     tracker = WeightFlipTracker()
     for name in before.names():
-        b, a, g = (c.tensor(name).clone() for c in (before, after, grads))
-        scale = b.abs().amax() / E4M3.max
+        b, a, g = (c.tensor(name) for c in (before, after, grads))
+        scale = b.abs().amax() / E4M3.max_value
         tracker.snapshot_pre_step(name, b, E4M3, scale, grad=g)
         tracker.compute_flips_post_step(name, a, E4M3, scale)
         grid_alignment_statistics(b, E4M3, scale)
-        d = compute_ulp_distance(b, a)
-        (d.mean().item(), d.median().item(), d.max().item())
+        ulp_statistics(b, a)
         gradient_stiffness_correlation(b, g, E4M3.mantissa_bits)
     print(tracker.get_stall_ratios())
 
@@ -272,7 +272,9 @@ def main() -> None:
     ratios = [("c/b", "(c)", "(b)"), ("d/c", "(d)", "(c)"), ("e/c", "(e)", "(c)")]
     print(
         "  ".join(
-            f"{name} = {medians[x] / medians[y]:.2f}" for name, x, y in ratios if x in medians
+            f"{name} = {medians[x] / medians[y]:.2f}"
+            for name, x, y in ratios
+            if x in medians and y in medians
         )
     )
 
