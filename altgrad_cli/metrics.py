@@ -1,9 +1,10 @@
-"""The per-(tensor, format) metrics of SPEC §Metrics, driven chunk by chunk through stats.py.
+"""The per-(tensor, format) records of SPEC §Metrics, from chunks.
 
-Each chunk of BEFORE / AFTER / GRAD is read once. The format-independent work (finite mask,
-update mask, storage ULPs) is done once per chunk; per format, the codes of both sides, the
-stiffness and |Δ| are computed once and shared by every metric that needs them. Nothing is
-materialised at full-tensor size, so memory is bounded by the chunk size.
+`accumulate_tensor` computes the scales of a tensor (one amax pass per side, shared by every
+format), cuts it into chunks that never straddle a scale group, has chunk.py turn each chunk into
+partial statistics (on a pool of threads when given one) and merges them in chunk order.
+`TensorAccumulator.results` turns the merged partials into the records. Nothing is materialised
+at full-tensor size, so memory is bounded by the chunk size.
 """
 
 from __future__ import annotations
@@ -41,14 +42,8 @@ DEFAULT_GRAD_EPS = 1e-10
 DEFAULT_CHUNK = 1 << 18
 
 
-def floor_log2_abs(y: Tensor, floor_at: int | None = None) -> Tensor:
-    """floor(log2 |y|) of non-zero finite values, exactly, as int64.
-
-    With `floor_at` >= -126 and float32 input, results below it may be any value <= floor_at
-    (the caller clamps): that lets the exponent come straight from the bit pattern.
-    """
-    if y.dtype == torch.float32 and floor_at is not None and floor_at >= -126:
-        return ((y.view(torch.int32) >> 23) & 0xFF).to(torch.int64) - 127
+def floor_log2_abs(y: Tensor) -> Tensor:
+    """floor(log2 |y|) of non-zero finite values, exactly (subnormals included), as int64."""
     _, expo = torch.frexp(y)
     return expo.to(torch.int64) - 1
 

@@ -84,6 +84,10 @@ class _Plan:
     overflow_bits: int  # magnitudes above this overflow without saturation
     overflow_on_tie: bool  # ... and equal to it too, when max's code is odd
     step_subnormal: float
+    binade_rounding: bool  # `_binade_codes` applies
+    emin_field: int  # carrier exponent field of 2^emin, in place
+    binade_offset: int  # adds (carrier mantissa - M) to an exponent field in place
+    to_pattern: float  # 2^(bias - carrier bias): grid value -> carrier float whose bits are the code
 
 
 @lru_cache(maxsize=256)
@@ -110,11 +114,35 @@ def _plan(fmt: Format, dtype: torch.dtype) -> _Plan:
         overflow_bits=thr_bits,
         overflow_on_tie=exact and fmt.max_code % 2 == 1,
         step_subnormal=2.0 ** (fmt.emin - m),
+        binade_rounding=not fmt.is_fixed_point
+        and 0 < m < c.mantissa
+        and fmt.emax + c.mantissa - m < c.bias
+        and fmt.bias >= 1,
+        emin_field=(fmt.emin + c.bias) << c.mantissa,
+        binade_offset=(c.mantissa - m) << c.mantissa,
+        to_pattern=2.0 ** (fmt.bias - c.bias),
     )
+
+
+def _binade_codes(mag: Tensor, plan: _Plan, carrier: _Carrier) -> Tensor:
+    """Unsigned codes with the FPU doing the rounding: C = 2^(e + p - M), e the binade of |y|
+    (at least emin) and p the carrier's mantissa bits, has an ULP equal to the grid step there,
+    so (|y| + C) - C is R(y), ties to even (an even multiple of the step is an even code; a carry
+    lands on the next binade's first value). Scaled by 2^(bias - carrier bias), R becomes the
+    carrier float whose bit pattern, shifted, is the code, format subnormals included (they
+    become carrier subnormals). No branch, no select. M >= 1 only: with M = 0 the parity of a
+    code is its exponent's, which the FPU does not see."""
+    binade = (mag >> carrier.mantissa) << carrier.mantissa  # the exponent field, in place
+    binade.clamp_(min=plan.emin_field).add_(plan.binade_offset)
+    step = binade.view(carrier.float_dtype)
+    rounded = (mag.view(carrier.float_dtype) + step).sub_(step).mul_(plan.to_pattern)
+    return rounded.view(carrier.int_dtype) >> plan.shift
 
 
 def _magnitude_codes(mag: Tensor, fmt: Format, plan: _Plan, carrier: _Carrier) -> Tensor:
     """Unsigned codes of magnitudes given as (already clamped) carrier bit patterns."""
+    if plan.binade_rounding:
+        return _binade_codes(mag, plan, carrier)
     fl = mag.view(carrier.float_dtype)
     sub = (fl + plan.sub_const).view(carrier.int_dtype)
     sub -= plan.sub_const_bits

@@ -36,6 +36,10 @@ class Moments:
     def merge(self, other: Moments) -> None:
         if other.n == 0:
             return
+        if self.n == 0:  # exactly the other, not the other rounded through the update below
+            self.n, self.mean, self.m2 = other.n, other.mean, other.m2
+            self.min, self.max = other.min, other.max
+            return
         n = self.n + other.n
         delta = other.mean - self.mean
         self.mean += delta * other.n / n
@@ -131,6 +135,10 @@ class CoMoments:
 
     def merge(self, other: CoMoments) -> None:
         if other.n == 0:
+            return
+        if self.n == 0:
+            self.n, self.mean_x, self.mean_y = other.n, other.mean_x, other.mean_y
+            self.m2_x, self.m2_y, self.c_xy = other.m2_x, other.m2_y, other.c_xy
             return
         n = self.n + other.n
         dx, dy = other.mean_x - self.mean_x, other.mean_y - self.mean_y
