@@ -28,6 +28,7 @@ from torch import Tensor
 from altgrad_cli.formats import Format
 from altgrad_cli.quantize import (
     decode_magnitude64,
+    decode_magnitude64_parts,
     encode_scaled,
     overflow_mask,
     working_dtype,
@@ -245,10 +246,12 @@ def update_format(
     plan = _one_scale_plan(fmt, s_value, yb.dtype)
 
     # grid alignment: e = | |b| - s·|R(b/s)| |, exact in float64
-    grid = decode_magnitude64(code_b.abs(), fmt, 1.0 if s_value is None else s_value)
-    if s_value is None:
-        grid *= s_before.to(torch.float64)
-    error = chunk.abs_before.sub(grid).abs_()
+    if s_value is not None:  # |b| - raw·factor in one pass (the product is exact)
+        raw, factor = decode_magnitude64_parts(code_b.abs(), fmt, s_value)
+        error = torch.add(chunk.abs_before, raw, alpha=-factor).abs_()
+    else:
+        grid = decode_magnitude64(code_b.abs(), fmt).mul_(s_before.to(torch.float64))
+        error = chunk.abs_before.sub(grid).abs_()
     _add_moments(acc.grid_error, error)
     counts.add("on_grid", n - int(torch.count_nonzero(error)))
 
@@ -303,20 +306,22 @@ def _update_one_scale(
     if steps_max >= 16:  # the histogram clamps at 16; else the sum comes from it
         wide_enough = steps_max * n < 2**31
         acc.counts.add("steps_sum", steps.sum(dtype=torch.int32 if wide_enough else torch.int64))
-    index = (field >> 23).sub_(fmt.emin + 127)
-    index.add_(chunk.updated, alpha=span).add_(big, alpha=2 * span).mul_(17)
-    index.add_(steps.clamp_(max=16))
-    joint = torch.bincount(index, minlength=4 * span * 17).view(2, 2, span, 17)  # big, upd
-    grid_steps = joint.sum(dim=(0, 1, 2))
-    acc.grid_steps.counts += grid_steps
+    # index = biased exponent · 128 + predicted flip · 64 + updated · 32 + min(steps, 16)
+    index = (field >> 16).add_(steps.clamp_(max=16))
+    index.add_(chunk.updated, alpha=32).add_(big, alpha=64)
+    low = (fmt.emin + 127) << 7
+    joint = torch.bincount(index, minlength=(fmt.emax + 128) << 7)[low:].view(span, 2, 2, 32)
+    by_class = joint.sum(dim=0).tolist()  # [big][updated][steps]
+    grid_steps = [sum(by_class[x][u][k] for x in (0, 1) for u in (0, 1)) for k in range(17)]
+    acc.grid_steps.counts += torch.tensor(grid_steps)
     if steps_max < 16:
-        acc.counts.add("steps_sum", int((grid_steps * torch.arange(17)).sum()))
-    flips = n - int(grid_steps[0])
-    n_big = int(joint[1].sum())
-    big_flipped = n_big - int(joint[1, :, :, 0].sum())
+        acc.counts.add("steps_sum", sum(k * c for k, c in enumerate(grid_steps)))
+    flips = n - grid_steps[0]
+    n_big = sum(map(sum, by_class[1]))
+    big_flipped = n_big - by_class[1][0][0] - by_class[1][1][0]
     acc.counts.add("flips", flips)
-    acc.counts.add("flips_on_updates", int(joint[:, 1].sum()) - int(joint[:, 1, :, 0].sum()))
-    mean_s, m2_s = _one_scale_moments(acc, fmt, joint.sum(dim=(0, 1, 3)), s)
+    acc.counts.add("flips_on_updates", sum(by_class[0][1][1:]) + sum(by_class[1][1][1:]))
+    mean_s, m2_s = _one_scale_moments(acc, fmt, joint.sum(dim=(1, 2, 3)), s)
     _add_stiffness_ratios(acc, chunk, stiff, mean_s, m2_s, error, flips, n_big, big_flipped)
 
 

@@ -87,7 +87,9 @@ class _Plan:
     binade_rounding: bool  # `_binade_codes` applies
     emin_field: int  # carrier exponent field of 2^emin, in place
     binade_offset: int  # adds (carrier mantissa - M) to an exponent field in place
-    to_pattern: float  # 2^(bias - carrier bias): grid value -> carrier float whose bits are the code
+    to_pattern: (
+        float  # 2^(bias - carrier bias): grid value -> carrier float whose bits are the code
+    )
 
 
 @lru_cache(maxsize=256)
@@ -238,19 +240,27 @@ def _decode64_plan(fmt: Format) -> tuple[int, int]:
     return shift, ratio.numerator.bit_length() - ratio.denominator.bit_length()
 
 
+def decode_magnitude64_parts(code: Tensor, fmt: Format, scale: float = 1.0) -> tuple[Tensor, float]:
+    """(raw, factor) with scale · (grid value) = raw · factor exactly, raw float64 and factor a
+    finite float: two integer ops, and the multiply left to the caller to fuse."""
+    shift, j = _decode64_plan(fmt)
+    raw = (code.to(torch.int64) << shift).view(torch.float64)
+    while j > 1000:  # 2^j itself may not be a float64; the partial products always are
+        raw *= 2.0**1000
+        j -= 1000
+    factor = math.ldexp(scale, j)
+    if not math.isfinite(factor):
+        raw *= 2.0**j
+        factor = scale
+    return raw, factor
+
+
 def decode_magnitude64(code: Tensor, fmt: Format, scale: float = 1.0) -> Tensor:
     """scale · (grid value) of non-negative codes, as float64: two integer ops and a multiply.
 
     Exact for float32 scales (a grid value has at most 24 significant bits, the scale 24)."""
-    shift, j = _decode64_plan(fmt)
-    value = (code.to(torch.int64) << shift).view(torch.float64)
-    while j > 1000:  # 2^j itself may not be a float64; the partial products always are
-        value *= 2.0**1000
-        j -= 1000
-    factor = math.ldexp(scale, j)
-    if math.isfinite(factor):
-        return value.mul_(factor)
-    return value.mul_(2.0**j).mul_(scale)
+    raw, factor = decode_magnitude64_parts(code, fmt, scale)
+    return raw.mul_(factor)
 
 
 def decode(code: Tensor, fmt: Format | str, dtype: torch.dtype = torch.float32) -> Tensor:
