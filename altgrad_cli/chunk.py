@@ -19,8 +19,10 @@ Scales arrive as None (s = 1), a 0-d tensor (one scale for the chunk) or one val
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import torch
 from torch import Tensor
@@ -29,8 +31,10 @@ from altgrad_cli.formats import Format
 from altgrad_cli.quantize import (
     decode_magnitude64,
     decode_magnitude64_parts,
+    divide_as,
     encode_scaled,
     overflow_mask,
+    overflows,
     working_dtype,
 )
 from altgrad_cli.stats import BinnedCounts, CoMoments, Counts, Mean, Moments, UlpHistogram
@@ -341,20 +345,20 @@ def _add_grid_steps(acc: FormatAccumulator, steps: Tensor, flips: int) -> None:
 
 
 def _scaled_absmax(absmax: float, s: Tensor | None, dtype: torch.dtype) -> float | None:
-    """max |x / s| over the chunk, from max |x| by the same float division (so the same
-    rounding: division by a positive number is monotone); None with one scale per element."""
-    if s is not None and s.dim() != 0:
+    """max |x / s| over the chunk, from max |x|, rounded as the elementwise division rounds (so
+    exactly the largest |y|: division by a positive number is monotone); None with one scale
+    per element."""
+    if s is None:
+        return absmax
+    if s.dim() != 0:
         return None
-    top = torch.tensor([absmax], dtype=dtype)
-    return float(top if s is None else top / s)
+    return divide_as(absmax, float(s), dtype)
 
 
 def _overflow_count(y: Tensor, fmt: Format, top: float | None) -> int:
     """Elements beyond ±max before saturation; skipped when the chunk's largest |y| is not."""
-    if top is not None:
-        largest = torch.tensor([top], dtype=y.dtype)
-        if not bool(overflow_mask(largest, fmt).any()):
-            return 0
+    if top is not None and not overflows(top, fmt, y.dtype):
+        return 0
     return int(torch.count_nonzero(overflow_mask(y, fmt)))
 
 
@@ -407,6 +411,7 @@ class _Stiffness:
     values32: Tensor | None = None  # S as float32, when that is exact
 
 
+@lru_cache(maxsize=1024)
 def _one_scale_plan(fmt: Format, s: float | None, dtype: torch.dtype) -> tuple[int, int] | None:
     """(C_S, C_W) such that S and W are the float32 bit patterns `field + C_S` and `C_W - field`,
     field being y's exponent field in place ((k + 127) << 23, see `_exponent_field`); None unless
@@ -422,7 +427,7 @@ def _one_scale_plan(fmt: Format, s: float | None, dtype: torch.dtype) -> tuple[i
         and mantissa - fmt.emin <= 127
     ):
         return None
-    s_bits = int(torch.tensor(s, dtype=torch.float32).view(torch.int32))
+    s_bits = struct.unpack("<i", struct.pack("<f", s))[0]
     return s_bits - ((127 + mantissa) << 23), (254 + mantissa) << 23
 
 

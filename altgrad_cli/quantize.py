@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import lru_cache
@@ -279,6 +280,31 @@ def overflow_mask(y: Tensor, fmt: Format) -> Tensor:
     if plan.overflow_on_tie:
         over |= mag == plan.overflow_bits
     return over
+
+
+def overflows(value: float, fmt: Format, dtype: torch.dtype = torch.float32) -> bool:
+    """`overflow_mask` for one number that is already a `dtype` value, without a tensor."""
+    plan = _plan(fmt, dtype)
+    if dtype == torch.float64:
+        magnitude = struct.unpack("<q", struct.pack("<d", abs(value)))[0]
+    else:
+        magnitude = struct.unpack("<i", struct.pack("<f", abs(value)))[0]
+    return magnitude > plan.overflow_bits or (
+        plan.overflow_on_tie and magnitude == plan.overflow_bits
+    )
+
+
+def divide_as(numerator: float, denominator: float, dtype: torch.dtype) -> float:
+    """numerator / denominator rounded as a `dtype` division would round it (both operands
+    already `dtype` values): float64 division, then rounding to float32 when asked, which is
+    innocuous for division (53 >= 2·24 + 2 bits)."""
+    quotient = numerator / denominator
+    if dtype == torch.float64:
+        return quotient
+    try:
+        return struct.unpack("<f", struct.pack("<f", quotient))[0]
+    except OverflowError:  # beyond float32: the division overflows to inf
+        return math.copysign(math.inf, quotient)
 
 
 # --------------------------------------------------------------------------- scaling

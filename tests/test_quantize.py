@@ -13,9 +13,11 @@ from altgrad_cli.quantize import (
     INVALID_CODE,
     Scale,
     decode,
+    divide_as,
     encode_scaled,
     encode_scaled_bits,
     overflow_mask,
+    overflows,
     parse_scaling,
 )
 
@@ -293,3 +295,24 @@ def test_encode_scaled_dtype_is_narrow_for_native_formats():
 
 def test_ml_dtypes_is_present():
     assert ml_dtypes.float8_e4m3fn is not None
+
+
+@pytest.mark.parametrize("name", ["e4m3fn", "e5m2", "e3m4", "E0M7", "e2m1fn", "bf16", "fp16"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_scalar_overflow_agrees_with_the_mask(name, dtype):
+    fmt = get_format(name)
+    top = torch.tensor(fmt.max, dtype=torch.float64)
+    probes = torch.cat([top * torch.linspace(0.9, 1.5, 601, dtype=torch.float64), top.reshape(1)])
+    probes = torch.cat([probes, torch.nextafter(probes, probes * 2)]).to(dtype)
+    mask = overflow_mask(probes, fmt).tolist()
+    assert [overflows(float(v), fmt, dtype) for v in probes] == mask
+    assert any(mask) and not all(mask)
+
+
+def test_scalar_division_rounds_like_float32_division():
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randn(20000, generator=gen) * 10.0 ** torch.randint(-30, 30, (20000,), generator=gen)
+    b = torch.rand(20000, generator=gen) * 10.0 ** torch.randint(-30, 30, (20000,), generator=gen)
+    want = (a / b).tolist()
+    assert [divide_as(float(x), float(y), torch.float32) for x, y in zip(a, b, strict=True)] == want
+    assert divide_as(3e38, 1e-3, torch.float32) == float("inf")
