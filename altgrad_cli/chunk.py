@@ -117,27 +117,22 @@ def prepare_chunk(
     raw_b, raw_a = before.reshape(-1), after.reshape(-1)
     b, a = raw_b.to(dtype), raw_a.to(dtype)
     g = grad.reshape(-1).to(dtype) if grad is not None else None
-    ranges = torch.stack([torch.stack(torch.aminmax(x)) for x in (b, a, g) if x is not None])
+    ranges = _ranges(b, a, g)
     flat = [_flatten(s, before.shape, None) for pair in scales for s in pair]
-    if not bool(torch.isfinite(ranges).all()):  # rare: keep the finite elements, once, for all
+    if not all(map(math.isfinite, ranges)):  # rare: keep the finite elements, once, for all
         finite = torch.isfinite(b) & torch.isfinite(a)
         if g is not None:
             finite &= torch.isfinite(g)
         b, a, raw_b, raw_a = b[finite], a[finite], raw_b[finite], raw_a[finite]
         g = g[finite] if g is not None else None
         flat = [_flatten(s, before.shape, finite) for pair in scales for s in pair]
-        ranges = torch.stack(
-            [
-                torch.stack(torch.aminmax(x)) if x.numel() else torch.zeros(2, dtype=dtype)
-                for x in (b, a)
-            ]
-        )
+        ranges = _ranges(b, a, None) if b.numel() else [0.0] * 4
     n = b.numel()
     counts.add("nonfinite", numel - n)
     counts.add("n", n)
     if n == 0:
         return None
-    absmax_before, absmax_after = ranges[:2].abs().amax(dim=1).tolist()
+    absmax_before, absmax_after = max(-ranges[0], ranges[1]), max(-ranges[2], ranges[3])
     ulp.update(ulp_distances(raw_b, raw_a, max(absmax_before, absmax_after)))
 
     abs_g = g.abs() if g is not None else None
@@ -179,6 +174,11 @@ def prepare_chunk(
         absmax_after,
     )
     return chunk, [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+
+
+def _ranges(*xs: Tensor | None) -> list[float]:
+    """min, max of each given tensor, flattened into one list (NaN propagates), in one sync."""
+    return torch.stack([v for x in xs if x is not None for v in torch.aminmax(x)]).tolist()
 
 
 def _flatten(s: Tensor | None, shape: torch.Size, keep: Tensor | None) -> Tensor | None:

@@ -492,6 +492,10 @@ def group_amax(x: Tensor, scaling: Scaling, chunk: int = AMAX_CHUNK) -> Tensor:
     else:
         amax = torch.zeros((), dtype=dtype)
     for r0, r1, c0, c1 in iter_chunks(rows, cols, chunk, n):
+        if scaling.mode not in ("channel", "block"):  # no |x| copy: max(-min, max)
+            low, high = torch.aminmax(view[r0:r1, c0:c1].to(dtype))
+            amax = torch.maximum(amax, torch.maximum(-low, high))
+            continue
         part = view[r0:r1, c0:c1].to(dtype).abs()
         if scaling.mode == "channel":
             amax[r0:r1] = torch.maximum(amax[r0:r1], part.amax(dim=1))
@@ -500,8 +504,6 @@ def group_amax(x: Tensor, scaling: Scaling, chunk: int = AMAX_CHUNK) -> Tensor:
             nb = (width + n - 1) // n
             padded = torch.nn.functional.pad(part, (0, nb * n - width))
             amax[r0:r1, c0 // n : c0 // n + nb] = padded.reshape(r1 - r0, nb, n).amax(dim=2)
-        else:
-            amax = torch.maximum(amax, part.amax())
     return amax
 
 
