@@ -1,17 +1,21 @@
 """One chunk of one tensor in, the partial statistics of every metric out: the hot loop of analyze.
 
 Every choice here removes a pass over the chunk, because the cost of a metric is the number of
-times its chunk travels through memory:
+times its chunk travels through memory (and, at a few microseconds per torch call, the number of
+calls):
 
-* Work that does not depend on the format (finite check, update mask, |Δ|, |grad| and its
+* Work that does not depend on the format (finite check, update mask, 2|Δ|, |grad| and its
   moments, storage ULPs) is done once per chunk by `prepare_chunk` and shared by every format.
 * The stiffness is S = s · P with P = 2^(k − M) a power of two, built from the exponent bits of
-  before/s. Dividing by S is multiplying by W = 1/P, which is exact, and comparing with S is an
-  exact comparison of such a product with s (|Δ| · W ≥ s/2, |g| · W < s). With one scale per
-  tensor, sums are divided by s once, and S's mean, min, max and histogram come from a histogram
-  of the exponents (at most 256 bins), not from a float array.
-* Counts use count_nonzero; sums are float64 (dot products where a weight is involved); second
-  moments are two-pass (mean first), and a chunk whose values are all equal gets exactly zero.
+  before/s. S is exact (in float32 on the common path, else float64), so r = |Δ|/S ≥ 1/2 is the
+  exact comparison 2|Δ| ≥ S and |g| < S is compared as it stands; dividing by S is multiplying by
+  W = 1/P, also exact, and dividing the sum by s once. With one scale per tensor, S's mean, min,
+  max and histogram come from the histogram of the exponents, not from a float array.
+* On the common path (one scale, float32, no zero weight) every per-element class (grid steps,
+  exponent, updated, predicted flip) goes into one joint histogram, and all the counts are its
+  marginals: one serial pass instead of one comparison and one count each.
+* Counts use count_nonzero; weighted sums are float64 dot products; M2 comes from the sum of
+  squares, with a two-pass fallback where that would cancel, and is exactly 0 for equal values.
 
 Scales arrive as None (s = 1), a 0-d tensor (one scale for the chunk) or one value per element.
 """
@@ -356,7 +360,7 @@ def _scaled_absmax(absmax: float, s: Tensor | None, dtype: torch.dtype) -> float
 
 
 def _overflow_count(y: Tensor, fmt: Format, top: float | None) -> int:
-    """Elements beyond ±max before saturation; skipped when the chunk's largest |y| is not."""
+    """Elements beyond ±max before saturation; no pass when even the largest |y| is not."""
     if top is not None and not overflows(top, fmt, y.dtype):
         return 0
     return int(torch.count_nonzero(overflow_mask(y, fmt)))

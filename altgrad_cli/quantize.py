@@ -3,10 +3,12 @@
 Rounding works on the bit patterns of the float32 (or float64) input, so it is exact by
 construction and needs no comparisons against grid tables:
 
-* normal range: round-half-even of the input's mantissa to M bits is one integer add and a
-  shift on the bit pattern (a carry into the exponent is the correct next binade);
-* subnormal range: adding C = 2^(emin - M + p) (p = 23 or 52), whose ULP is the format's
-  subnormal step, makes the FPU itself round half-even to a multiple of that step.
+* adding C = 2^(e - M + p) (p = 23 or 52, e the binade of the input, at least emin), whose ULP
+  is the grid step there, makes the FPU itself round half-even to the grid, subnormals included;
+  scaled by a power of two, the rounded value's bit pattern is the code (`_binade_codes`);
+* where that does not apply (M = 0, fixed point, binades beyond the carrier's reach), the
+  normal range rounds by one integer add and a shift on the bit pattern (a carry into the
+  exponent is the correct next binade) and the subnormal range by the add of C = 2^(emin - M + p).
 
 Saturation is a clamp of the magnitude's bit pattern to the max value's before rounding, which
 is the same as rounding and then saturating. The code of a value is its unsigned bit pattern in
@@ -88,9 +90,7 @@ class _Plan:
     binade_rounding: bool  # `_binade_codes` applies
     emin_field: int  # carrier exponent field of 2^emin, in place
     binade_offset: int  # adds (carrier mantissa - M) to an exponent field in place
-    to_pattern: (
-        float  # 2^(bias - carrier bias): grid value -> carrier float whose bits are the code
-    )
+    to_pattern: float  # 2^(bias - carrier bias): R(y) times this has the code as its bits
 
 
 @lru_cache(maxsize=256)

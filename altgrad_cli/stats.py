@@ -248,18 +248,19 @@ class UlpHistogram:
         return int(bits.view(torch.float32).item())
 
     def update(self, d: Tensor) -> None:
-        """d: non-negative distances, any integer dtype (or float64 beyond int64's range)."""
+        """d: non-negative integer distances, any integer dtype."""
         if d.numel() == 0:
             return
         d = d.reshape(-1)
         bins = d.to(torch.float32).view(torch.int32) >> self._SHIFT
         self.counts += torch.bincount(bins, minlength=self._BINS)
         self.n += d.numel()
-        if d.is_floating_point():
-            self.total += round(float(d.sum()))
-        else:
+        largest = int(d.max())
+        if largest * d.numel() < 2**63:  # the int64 sum cannot wrap
             self.total += int(d.sum(dtype=torch.int64))
-        self.max = max(self.max, int(d.max()))
+        else:  # float64 storage far across zero: distances near 2^63, summed in float64
+            self.total += round(float(d.sum(dtype=torch.float64)))
+        self.max = max(self.max, largest)
 
     def merge(self, other: UlpHistogram) -> None:
         self.counts += other.counts

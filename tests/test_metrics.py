@@ -208,6 +208,11 @@ def test_f8_storage_and_float64():
         b64, b64 * (1 + 2.0**-52), None, [get_format("e4m3fn")], "none"
     )  # one ULP each
     assert r["e4m3fn"]["ulp"]["median"] == 1 and r["e4m3fn"]["flips"] == 0
+    far = torch.tensor([3.0, -3.0, 1.0], dtype=torch.float64)  # ±3 are over 2^63 apart
+    r, _ = tensor_metrics(far, -far, None, [get_format("e4m3fn")], "none")
+    ulp = r["e4m3fn"]["ulp"]
+    want = (2 * (2**63 - 1) + 2 * 0x3FF0000000000000) / 3  # two saturated, and 1 -> -1
+    assert ulp["max"] == 2**63 - 1 and ulp["mean"] == pytest.approx(want, rel=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
