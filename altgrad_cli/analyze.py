@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -22,7 +21,7 @@ from altgrad_cli.metrics import (
     accumulate_tensor,
 )
 from altgrad_cli.pairing import Pair, pair_tensors
-from altgrad_cli.parallel import available_cores, one_torch_thread
+from altgrad_cli.parallel import ChunkPool, available_cores, one_torch_thread
 from altgrad_cli.quantize import parse_scaling
 from altgrad_cli.report import LayerRecord, Report, SummaryRecord
 
@@ -61,7 +60,7 @@ def iter_tensor_results(
     grad_eps: float,
     chunk: int,
     progress: Progress | None = None,
-    pool: ThreadPoolExecutor | None = None,
+    pool: ChunkPool | None = None,
 ) -> Iterator[TensorResult]:
     before, after, grads = checkpoints
     for done, pair in enumerate(pairs, start=1):
@@ -122,7 +121,7 @@ def analyze(
     total = TensorAccumulator(fmts, has_grads=grads is not None)
     with (
         one_torch_thread(),
-        ThreadPoolExecutor(threads) if threads > 1 else nullcontext() as pool,
+        ChunkPool(threads) if threads > 1 else nullcontext() as pool,
     ):
         for result in iter_tensor_results(
             pairs,

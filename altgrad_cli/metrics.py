@@ -10,7 +10,6 @@ at full-tensor size, so memory is bounded by the chunk size.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -25,7 +24,7 @@ from altgrad_cli.chunk import (
     update_format,
 )
 from altgrad_cli.formats import Format
-from altgrad_cli.parallel import one_torch_thread, ordered_map
+from altgrad_cli.parallel import ChunkPool, one_torch_thread, ordered_map
 from altgrad_cli.quantize import (
     Scale,
     Scaling,
@@ -219,7 +218,7 @@ def accumulate_tensor(
     rescale: bool = False,
     grad_eps: float = DEFAULT_GRAD_EPS,
     chunk: int = DEFAULT_CHUNK,
-    pool: ThreadPoolExecutor | None = None,
+    pool: ChunkPool | None = None,
 ) -> tuple[TensorAccumulator, dict[str, dict]]:
     """The mergeable accumulator of one tensor (for summaries across tensors) and its scales.
 

@@ -44,15 +44,21 @@ def one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def ordered_map(
-    fn: Callable[[T], R], items: Iterable[T], pool: ThreadPoolExecutor | None
-) -> Iterator[R]:
+class ChunkPool(ThreadPoolExecutor):
+    """A thread pool that knows its size, which bounds the work kept in flight."""
+
+    def __init__(self, workers: int) -> None:
+        super().__init__(workers, thread_name_prefix="altgrad")
+        self.workers = workers
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], pool: ChunkPool | None) -> Iterator[R]:
     """fn over items, on `pool` when given, yielded in input order; at most two tasks per worker
     are in flight, so finished results never pile up in memory."""
     if pool is None:
         yield from map(fn, items)
         return
-    window = 2 * pool._max_workers
+    window = 2 * pool.workers
     pending: deque = deque()
     for item in items:
         pending.append(pool.submit(fn, item))
