@@ -92,14 +92,33 @@ class Chunk:
     n_nonzero: int
     nonzero: Tensor | None  # bool mask of before != 0; None when no element is zero
     abs_before: Tensor  # float64 |before|
-    twice_delta: Tensor  # float64 2·|after - before| (exact), over before != 0
-    grad: Tensor | None  # float64 |grad|, over before != 0
-    grad32: Tensor | None  # the same in the working dtype
+    inputs: RatioInputs  # for the stiffness statistics, every element (see `over_nonzero`)
     grad_moments: CoMoments | None  # the y side (|grad|) of the correlation, over before != 0
-    grad_centered: Tensor | None  # |grad| - its mean, over before != 0; None when constant
-    grad_centered_sum: float
+    grad_centered_sum: float  # sum of |grad| - its mean over before != 0 (≈ 0)
     absmax_before: float
     absmax_after: float
+
+    def over_nonzero(self) -> RatioInputs:
+        """The inputs compressed to before != 0, where the stiffness is defined."""
+        if self.nonzero is None:
+            return self.inputs
+        keep, x = self.nonzero, self.inputs
+        return RatioInputs(
+            x.twice_delta[keep],
+            None if x.grad is None else x.grad[keep],
+            None if x.grad32 is None else x.grad32[keep],
+            None if x.grad_centered is None else x.grad_centered[keep],
+        )
+
+
+@dataclass
+class RatioInputs:
+    """Per-element inputs of the update/stiffness and grad/stiffness statistics."""
+
+    twice_delta: Tensor  # float64 2·|after - before|, exact
+    grad: Tensor | None  # float64 |grad|
+    grad32: Tensor | None  # the same in the working dtype
+    grad_centered: Tensor | None  # |grad| minus its mean over before != 0; None when constant
 
 
 def prepare_chunk(
@@ -149,17 +168,14 @@ def prepare_chunk(
     twice_delta = a.to(torch.float64, copy=True).sub_(b64).abs_().mul_(2.0)
     abs_before = b64.abs_()
     grad64 = abs_g.to(torch.float64) if abs_g is not None else None
-    grad32 = abs_g
-    if nonzero is not None:
-        twice_delta = twice_delta[nonzero]
-        grad64 = grad64[nonzero] if grad64 is not None else None
-        grad32 = grad32[nonzero] if grad32 is not None else None
     grad_moments = grad_centered = None
     grad_centered_sum = 0.0
-    if grad64 is not None and n_nonzero:
-        grad_centered, mean, m2 = _centered(grad64)
+    if grad64 is not None and n_nonzero:  # moments over before != 0
+        centered, mean, m2 = _centered(grad64 if nonzero is None else grad64[nonzero])
         grad_moments = CoMoments(n_nonzero, 0.0, mean, 0.0, m2, 0.0)
-        grad_centered_sum = float(grad_centered.sum()) if grad_centered is not None else 0.0
+        if centered is not None:
+            grad_centered = centered if nonzero is None else grad64 - mean
+            grad_centered_sum = float(centered.sum())
     chunk = Chunk(
         b,
         a,
@@ -168,11 +184,8 @@ def prepare_chunk(
         n_nonzero,
         nonzero,
         abs_before,
-        twice_delta,
-        grad64,
-        grad32,
+        RatioInputs(twice_delta, grad64, abs_g, grad_centered),
         grad_moments,
-        grad_centered,
         grad_centered_sum,
         absmax_before,
         absmax_after,
@@ -263,7 +276,7 @@ def update_format(
     _add_moments(acc.grid_error, error)
     counts.add("on_grid", n - int(torch.count_nonzero(error)))
 
-    if plan is not None and chunk.nonzero is None:
+    if plan is not None:
         _update_one_scale(acc, fmt, chunk, yb, steps, error, plan, s_value)
         return
     flips = int(torch.count_nonzero(steps))
@@ -281,10 +294,13 @@ def update_format(
         s_before = s_before[keep] if s_value is None else s_before
         flips = int(torch.count_nonzero(flipped)) if flipped is not None else 0
     stiff, mean_s, m2_s = _stiffness(acc, fmt, yb, s_before, s_value)
-    big = chunk.twice_delta >= stiff.values
+    inputs = chunk.over_nonzero()
+    big = inputs.twice_delta >= stiff.values
     n_big = int(torch.count_nonzero(big))
     big_flipped = int(torch.count_nonzero(big & flipped)) if flipped is not None else 0
-    _add_stiffness_ratios(acc, chunk, stiff, mean_s, m2_s, error, flips, n_big, big_flipped)
+    _add_stiffness_ratios(
+        acc, chunk, inputs, stiff, (mean_s, m2_s), error, flips, n_big, big_flipped
+    )
 
 
 def _update_one_scale(
@@ -297,16 +313,22 @@ def _update_one_scale(
     plan: tuple[int, int],
     s: float,
 ) -> None:
-    """The common case, one scale, float32, no zero weight: S and W are integer adds on y's
-    exponent field, and every per-element class (grid steps, exponent, updated, predicted flip)
-    goes into one joint histogram whose marginals give all the counts: one serial pass."""
+    """The common case, one scale and float32: S and W are integer adds on y's exponent field,
+    and every per-element class (grid steps, exponent, updated, predicted flip) goes into one
+    joint histogram whose marginals give all the counts: one serial pass. Zero weights, where S
+    is undefined, stay in the arrays with S = W = 0 (so they drop out of every sum and of
+    |g| < S) and their share of the histogram (exponent bin 0, predicted flip) is taken out."""
     c_s, c_w = plan
     field = _exponent_field(yb, fmt)
     values32 = (field + c_s).view(torch.float32)
-    stiff = _Stiffness(
-        values32.to(torch.float64), (c_w - field).view(torch.float32).to(torch.float64), s, values32
-    )
-    big = chunk.twice_delta >= stiff.values  # |Δ|/S ≥ 1/2, exactly
+    weight32 = (c_w - field).view(torch.float32)
+    zero = None if chunk.nonzero is None else ~chunk.nonzero
+    if zero is not None:
+        values32.masked_fill_(zero, 0.0)
+        weight32.masked_fill_(zero, 0.0)
+    stiff = _Stiffness(values32.to(torch.float64), weight32.to(torch.float64), s, values32)
+    inputs = chunk.inputs
+    big = inputs.twice_delta >= stiff.values  # |Δ|/S ≥ 1/2, exactly (always, for zero weights)
 
     n, span = chunk.n, fmt.emax - fmt.emin + 1
     steps_max = int(steps.max())
@@ -329,8 +351,16 @@ def _update_one_scale(
     big_flipped = n_big - by_class[1][0][0] - by_class[1][1][0]
     acc.counts.add("flips", flips)
     acc.counts.add("flips_on_updates", sum(by_class[0][1][1:]) + sum(by_class[1][1][1:]))
-    mean_s, m2_s = _one_scale_moments(acc, fmt, joint.sum(dim=(1, 2, 3)), s)
-    _add_stiffness_ratios(acc, chunk, stiff, mean_s, m2_s, error, flips, n_big, big_flipped)
+    exponent_bins = joint.sum(dim=(1, 2, 3))
+    if zero is not None:  # zero weights: all in exponent bin 0 and predicted to flip
+        zero_flips = int(torch.count_nonzero((steps != 0) & zero)) if flips else 0
+        n_zero = n - chunk.n_nonzero
+        exponent_bins[0] -= n_zero
+        n_big, big_flipped, flips = n_big - n_zero, big_flipped - zero_flips, flips - zero_flips
+    if chunk.n_nonzero == 0:
+        return
+    moments = _one_scale_moments(acc, fmt, exponent_bins, s)
+    _add_stiffness_ratios(acc, chunk, inputs, stiff, moments, error, flips, n_big, big_flipped)
 
 
 def _add_grid_steps(acc: FormatAccumulator, steps: Tensor, flips: int) -> None:
@@ -491,37 +521,40 @@ def _stiffness(
 def _add_stiffness_ratios(
     acc: FormatAccumulator,
     chunk: Chunk,
+    inputs: RatioInputs,
     stiff: _Stiffness,
-    mean_s: float,
-    m2_s: float,
+    moments: tuple[float, float],
     error: Tensor,
     flips: int,
     n_big: int,
     big_flipped: int,
 ) -> None:
     """update/stiffness and grad/stiffness statistics over the non-zero elements; `n_big` of
-    them have r = |Δ|/S ≥ 1/2, `big_flipped` of those flipped, `flips` flipped in all."""
+    them have r = |Δ|/S ≥ 1/2, `big_flipped` of those flipped, `flips` flipped in all. `inputs`,
+    `stiff` and `error` are either compressed to before != 0 or hold S = W = 0 at zero weights;
+    `moments` are S's mean and M2."""
     counts, n = acc.counts, chunk.n_nonzero
+    mean_s, m2_s = moments
     counts.add("pred_flip_flipped", big_flipped)
     counts.add("pred_flip_stalled", n_big - big_flipped)
     counts.add("pred_stall_flipped", flips - big_flipped)
     counts.add("pred_stall_stalled", n - n_big - (flips - big_flipped))
-    acc.update_ratio.merge(Mean(False, n, _sum_over_stiffness(chunk.twice_delta, stiff) / 2))
+    acc.update_ratio.merge(Mean(False, n, _sum_over_stiffness(inputs.twice_delta, stiff) / 2))
     acc.grid_rel.merge(Mean(False, n, _sum_over_stiffness(error, stiff)))
 
-    if chunk.grad is None:
+    if inputs.grad is None:
         return
-    acc.grad_ratio.merge(Mean(False, n, _sum_over_stiffness(chunk.grad, stiff)))
+    acc.grad_ratio.merge(Mean(False, n, _sum_over_stiffness(inputs.grad, stiff)))
     if stiff.values32 is not None:  # the same comparison on half the bytes: both sides exact
-        counts.add("grad_below", torch.count_nonzero(chunk.grad32 < stiff.values32))
+        counts.add("grad_below", torch.count_nonzero(inputs.grad32 < stiff.values32))
     else:
-        counts.add("grad_below", torch.count_nonzero(chunk.grad < stiff.values))
+        counts.add("grad_below", torch.count_nonzero(inputs.grad < stiff.values))
     # co-moment against the centred |grad|: sum(S·gc) - mean(S)·sum(gc), as sum(gc) ≈ 0
-    if chunk.grad_centered is None or isinstance(stiff.values, float) or m2_s == 0.0:
+    if inputs.grad_centered is None or isinstance(stiff.values, float) or m2_s == 0.0:
         c_xy = 0.0
     else:
         c_xy = (
-            float(torch.dot(stiff.values, chunk.grad_centered)) - mean_s * chunk.grad_centered_sum
+            float(torch.dot(stiff.values, inputs.grad_centered)) - mean_s * chunk.grad_centered_sum
         )
     y = chunk.grad_moments
     acc.grad.merge(CoMoments(n, mean_s, y.mean_y, m2_s, y.m2_y, c_xy))
