@@ -273,7 +273,7 @@ def update_format(
     else:
         grid = decode_magnitude64(code_b.abs(), fmt).mul_(s_before.to(torch.float64))
         error = chunk.abs_before.sub(grid).abs_()
-    _add_moments(acc.grid_error, error)
+    acc.grid_error.update(error)
     counts.add("on_grid", n - int(torch.count_nonzero(error)))
 
     if plan is not None:
@@ -394,24 +394,6 @@ def _overflow_count(y: Tensor, fmt: Format, top: float | None) -> int:
     if top is not None and not overflows(top, fmt, y.dtype):
         return 0
     return int(torch.count_nonzero(overflow_mask(y, fmt)))
-
-
-def _add_moments(moments: Moments, x: Tensor) -> None:
-    """M2 from the sum and the sum of squares (no centred copy), unless they cancel, that is
-    unless the values are nearly equal: then two passes, and exactly 0 when all are equal."""
-    n = x.numel()
-    low, high = (float(v) for v in torch.aminmax(x))
-    total = float(x.sum())
-    mean = total / n
-    if low == high:
-        mean, m2 = low, 0.0
-    else:
-        squares = float(torch.dot(x, x))
-        m2 = squares - total * mean
-        if m2 <= 1e-6 * squares:  # cancellation would cost more than 1e-10 of M2
-            centered = x - mean
-            m2 = float(torch.dot(centered, centered))
-    moments.merge(Moments(n, mean, m2, low, high))
 
 
 def _exponent_index(y: Tensor, fmt: Format) -> Tensor:

@@ -26,12 +26,24 @@ class Moments:
     max: float = -math.inf
 
     def update(self, values: Tensor) -> None:
+        """M2 from the float64 sum and sum of squares (no centred copy), unless they cancel,
+        that is unless the values are nearly equal: then two passes, and exactly 0 when all are."""
         if values.numel() == 0:
             return
-        v = values.detach().reshape(-1)
-        var, mean = torch.var_mean(v.to(torch.float64), correction=0)
-        low, high = torch.aminmax(v)
-        self.merge(Moments(v.numel(), float(mean), float(var) * v.numel(), float(low), float(high)))
+        v = values.detach().reshape(-1).to(torch.float64)
+        n = v.numel()
+        low, high = (float(x) for x in torch.aminmax(v))
+        total = float(v.sum())
+        mean = total / n
+        if low == high:
+            mean, m2 = low, 0.0
+        else:
+            squares = float(torch.dot(v, v))
+            m2 = squares - total * mean
+            if m2 <= 1e-6 * squares:  # cancellation would cost more than 1e-10 of M2
+                centered = v - mean
+                m2 = float(torch.dot(centered, centered))
+        self.merge(Moments(n, mean, m2, low, high))
 
     def merge(self, other: Moments) -> None:
         if other.n == 0:
