@@ -57,7 +57,7 @@ class FormatAccumulator:
 
     counts: Counts = field(default_factory=Counts)
     grid_steps: BinnedCounts = field(default_factory=lambda: BinnedCounts.empty(0, 16))
-    stiffness: Mean = field(default_factory=lambda: Mean(track_range=True))
+    stiffness: Mean = field(default_factory=Mean)
     stiffness_hist: BinnedCounts = field(
         default_factory=lambda: BinnedCounts.empty(EXP_LOW, EXP_HIGH)
     )
@@ -463,7 +463,7 @@ def _one_scale_moments(
     n = sum(c for _, c in occupied)
     mean = math.fsum(level * c for level, c in occupied) / n
     m2 = math.fsum(c * (level - mean) ** 2 for level, c in occupied) if len(occupied) > 1 else 0.0
-    acc.stiffness.merge(Mean(True, n, mean * n, occupied[0][0], occupied[-1][0]))
+    acc.stiffness.merge(Mean(n, mean * n, occupied[0][0], occupied[-1][0]))
     acc.stiffness_hist.add_counts(low_exp + math.frexp(s)[1] - 1, bins)
     return mean, m2
 
@@ -496,7 +496,7 @@ def _stiffness(
     acc.stiffness_hist.update(s_exp.to(torch.int64).add_(exponents - 1))
     low, high = torch.aminmax(values)
     _, mean, m2 = _centered(values)
-    acc.stiffness.merge(Mean(True, n, mean * n, float(low), float(high)))
+    acc.stiffness.merge(Mean(n, mean * n, float(low), float(high)))
     return _Stiffness(values, None, None), mean, m2
 
 
@@ -521,12 +521,12 @@ def _add_stiffness_ratios(
     counts.add("pred_flip_stalled", n_big - big_flipped)
     counts.add("pred_stall_flipped", flips - big_flipped)
     counts.add("pred_stall_stalled", n - n_big - (flips - big_flipped))
-    acc.update_ratio.merge(Mean(False, n, _sum_over_stiffness(inputs.twice_delta, stiff) / 2))
-    acc.grid_rel.merge(Mean(False, n, _sum_over_stiffness(error, stiff)))
+    acc.update_ratio.merge(Mean(n, _sum_over_stiffness(inputs.twice_delta, stiff) / 2))
+    acc.grid_rel.merge(Mean(n, _sum_over_stiffness(error, stiff)))
 
     if inputs.grad is None:
         return
-    acc.grad_ratio.merge(Mean(False, n, _sum_over_stiffness(inputs.grad, stiff)))
+    acc.grad_ratio.merge(Mean(n, _sum_over_stiffness(inputs.grad, stiff)))
     if stiff.values32 is not None:  # the same comparison on half the bytes: both sides exact
         counts.add("grad_below", torch.count_nonzero(inputs.grad32 < stiff.values32))
     else:

@@ -1,4 +1,4 @@
-"""Mergeable accumulators: update(chunk), merge(other), result().
+"""Mergeable accumulators: update(chunk) or a partial result, merge(other), result().
 
 Every statistic altgrad reports is one of these, so chunks of a tensor, tensors of a checkpoint
 and shards analysed on different machines combine into the same numbers. Counts are exact
@@ -77,26 +77,13 @@ class Moments:
 
 @dataclass
 class Mean:
-    """Count, float64 sum and (optionally) min/max: the cheap accumulator for reported means.
+    """Count, float64 sum, min and max: the cheap accumulator for reported means. chunk.py
+    computes each chunk's sum its own way (often a weighted dot product) and merges it in."""
 
-    One pass, no float64 copy of the chunk (the sum accumulates in float64 directly).
-    """
-
-    track_range: bool = False
     n: int = 0
     total: float = 0.0
     min: float = math.inf
     max: float = -math.inf
-
-    def update(self, values: Tensor) -> None:
-        if values.numel() == 0:
-            return
-        v = values.detach().reshape(-1)
-        self.n += v.numel()
-        self.total += float(v.sum(dtype=torch.float64))
-        if self.track_range:
-            low, high = torch.aminmax(v)
-            self.min, self.max = min(self.min, float(low)), max(self.max, float(high))
 
     def merge(self, other: Mean) -> None:
         self.n += other.n
