@@ -458,7 +458,7 @@ def _one_scale_moments(
 ) -> tuple[float, float]:
     """S's mean and M2 from the exponent histogram (one S per bin); adds mean, min, max and the
     histogram of floor(log2 S) to `acc`."""
-    low_exp = (fmt.emin if not fmt.is_fixed_point else 0) - fmt.mantissa_bits  # log2 P in bin 0
+    low_exp = fmt.emin - fmt.mantissa_bits  # log2 P in bin 0 (emin is 0 for fixed point)
     occupied = [(math.ldexp(s, low_exp + i), c) for i, c in enumerate(bins.tolist()) if c]
     n = sum(c for _, c in occupied)
     mean = math.fsum(level * c for level, c in occupied) / n
@@ -474,7 +474,7 @@ def _stiffness(
     """(S, its mean, its M2) for the chunk's non-zero elements in float64, for any scale and
     storage; adds S's mean, min, max and histogram to `acc`."""
     n = yb.numel()
-    low_exp = (fmt.emin if not fmt.is_fixed_point else 0) - fmt.mantissa_bits  # log2 P in bin 0
+    low_exp = fmt.emin - fmt.mantissa_bits  # log2 P in bin 0 (emin is 0 for fixed point)
     index = None if fmt.is_fixed_point else _exponent_index(yb, fmt)
     if s_value is not None:
         if index is None:  # fixed point: S = s · 2^-M for every element
