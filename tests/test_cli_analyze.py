@@ -216,21 +216,9 @@ def test_several_formats_in_one_run(ckpt):
 
 def test_chunk_size_does_not_change_the_numbers(ckpt):
     before, after, grads = ckpt()
-    one = _json(run(before, after, "--grads", grads, "-o", "json", "--scaling", "block:4"))
-    many = _json(
-        run(
-            before,
-            after,
-            "--grads",
-            grads,
-            "-o",
-            "json",
-            "--scaling",
-            "block:4",
-            "--chunk-size",
-            "8",
-        )
-    )
+    args = (before, after, "--grads", grads, "-o", "json", "--scaling", "block:4")
+    one = _json(run(*args))
+    many = _json(run(*args, "--chunk-size", "8"))
     for x, y in zip(one["layers"], many["layers"], strict=True):
         assert (
             x["flips"] == y["flips"] and x["ulp"] == y["ulp"] and x["grid_steps"] == y["grid_steps"]
