@@ -86,7 +86,6 @@ class _Plan:
     sub_const_bits: int
     overflow_bits: int  # magnitudes above this overflow without saturation
     overflow_on_tie: bool  # ... and equal to it too, when max's code is odd
-    step_subnormal: float
     binade_rounding: bool  # `_binade_codes` applies
     emin_field: int  # carrier exponent field of 2^emin, in place
     binade_offset: int  # adds (carrier mantissa - M) to an exponent field in place
@@ -116,7 +115,6 @@ def _plan(fmt: Format, dtype: torch.dtype) -> _Plan:
         sub_const_bits=_float_bits(sub_const, c),
         overflow_bits=thr_bits,
         overflow_on_tie=exact and fmt.max_code % 2 == 1,
-        step_subnormal=2.0 ** (fmt.emin - m),
         binade_rounding=not fmt.is_fixed_point
         and 0 < m < c.mantissa
         and fmt.emax + c.mantissa - m < c.bias
@@ -220,18 +218,6 @@ def encode_scaled_bits(y: Tensor, fmt: Format) -> Tensor:
     return code if code.dtype == torch.int32 else code.to(torch.int32)
 
 
-def decode_magnitude(code: Tensor, fmt: Format, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Grid values of non-negative codes, in the carrier dtype."""
-    carrier = _carrier(dtype)
-    plan = _plan(fmt, dtype)
-    code = code.to(carrier.int_dtype)
-    sub = code.to(carrier.float_dtype) * plan.step_subnormal
-    if fmt.is_fixed_point:
-        return sub
-    normal = (code + plan.code_offset) << plan.shift
-    return torch.where(code < (1 << fmt.mantissa_bits), sub, normal.view(carrier.float_dtype))
-
-
 @lru_cache(maxsize=256)
 def _decode64_plan(fmt: Format) -> tuple[int, int]:
     """(shift, j): a code c placed as `c << shift` in a float64 bit pattern reads as its grid value
@@ -262,6 +248,11 @@ def decode_magnitude64(code: Tensor, fmt: Format, scale: float = 1.0) -> Tensor:
     Exact for float32 scales (a grid value has at most 24 significant bits, the scale 24)."""
     raw, factor = decode_magnitude64_parts(code, fmt, scale)
     return raw.mul_(factor)
+
+
+def decode_magnitude(code: Tensor, fmt: Format, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Grid values of non-negative codes, in the carrier dtype (exact: every grid value fits it)."""
+    return decode_magnitude64(code, fmt).to(_carrier(dtype).float_dtype)
 
 
 def decode(code: Tensor, fmt: Format | str, dtype: torch.dtype = torch.float32) -> Tensor:
