@@ -37,6 +37,7 @@ from altgrad_cli.quantize import (
     decode_magnitude64_parts,
     divide_as,
     encode_scaled,
+    floor_log2,
     overflow_mask,
     overflows,
     working_dtype,
@@ -492,8 +493,7 @@ def _stiffness(
     else:
         values = _power_of_two(index, low_exp).mul_(s64)
         exponents = index.to(torch.int64) + low_exp
-    _, s_exp = torch.frexp(s64)
-    acc.stiffness_hist.update(s_exp.to(torch.int64).add_(exponents - 1))
+    acc.stiffness_hist.update(floor_log2(s64).add_(exponents))  # floor(log2 S)
     low, high = torch.aminmax(values)
     _, mean, m2 = _centered(values)
     acc.stiffness.merge(Mean(n, mean * n, float(low), float(high)))

@@ -10,8 +10,7 @@ import torch
 from torch import Tensor
 
 from altgrad_cli.formats import Format, get_format
-from altgrad_cli.metrics import floor_log2_abs
-from altgrad_cli.quantize import exp2_int, quantize, working_dtype
+from altgrad_cli.quantize import exp2_int, floor_log2, quantize, working_dtype
 
 
 def compute_stiffness_field(weights: Tensor, mantissa_bits: int | Format | str) -> Tensor:
@@ -30,13 +29,13 @@ def compute_stiffness_field(weights: Tensor, mantissa_bits: int | Format | str) 
         if mantissa_bits == 7:
             stiffness = torch.full_like(w, 1.0 / 128.0)
         else:
-            stiffness = exp2_int(floor_log2_abs(safe) - mantissa_bits, dtype)
+            stiffness = exp2_int(floor_log2(safe) - mantissa_bits, dtype)
     else:
         fmt = get_format(mantissa_bits)
         if fmt.is_fixed_point:
             stiffness = torch.full_like(w, 2.0**-fmt.mantissa_bits)
         else:
-            expo = floor_log2_abs(safe).clamp(fmt.emin, fmt.emax) - fmt.mantissa_bits
+            expo = floor_log2(safe).clamp(fmt.emin, fmt.emax) - fmt.mantissa_bits
             stiffness = exp2_int(expo, dtype)
     return torch.where(zero, torch.full_like(w, float("nan")), stiffness)
 

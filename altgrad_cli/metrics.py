@@ -28,6 +28,7 @@ from altgrad_cli.parallel import ChunkPool, one_torch_thread, ordered_map
 from altgrad_cli.quantize import (
     Scale,
     Scaling,
+    floor_log2,
     group_amax,
     iter_chunks,
     overflow_mask,
@@ -39,12 +40,6 @@ from altgrad_cli.stats import BinnedCounts, Counts, UlpHistogram, fold_grid_step
 
 DEFAULT_GRAD_EPS = 1e-10
 DEFAULT_CHUNK = 1 << 18
-
-
-def floor_log2_abs(y: Tensor) -> Tensor:
-    """floor(log2 |y|) of non-zero finite values, exactly (subnormals included), as int64."""
-    _, expo = torch.frexp(y)
-    return expo.to(torch.int64) - 1
 
 
 @dataclass
@@ -179,7 +174,7 @@ def scale_summary(scale: Scale, fmt: Format) -> dict:
     ratio = (amax.to(torch.float64) / values).to(amax.dtype)
     clipped = int(overflow_mask(ratio, fmt).sum()) if values.numel() else 0
     hist = BinnedCounts.empty(EXP_LOW, EXP_HIGH)
-    hist.update(floor_log2_abs(values))
+    hist.update(floor_log2(values))
     return {
         "mode": str(scale.scaling),
         "count": values.numel(),

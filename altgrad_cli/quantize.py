@@ -354,9 +354,10 @@ def _pow2_ceil(q: Tensor) -> Tensor:
     return exp2_int(expo, q.dtype)
 
 
-def _floor_log2(q: Tensor) -> Tensor:
+def floor_log2(q: Tensor) -> Tensor:
+    """floor(log2 |q|) of non-zero finite values, exactly (subnormals included), as int64."""
     _, expo = torch.frexp(q)
-    return expo - 1
+    return expo.to(torch.int64) - 1
 
 
 def _round_mantissa(q: Tensor, m: int) -> Tensor:
@@ -382,13 +383,13 @@ def _amax_scale(amax: Tensor, fmt: Format, scaling: Scaling) -> Tensor:
     else:
         emax = math.floor(math.log2(fmt.max))
         if scaling.rule == "rceil":
-            expo = _floor_log2(_pow2_ceil(safe / fmax))
+            expo = floor_log2(_pow2_ceil(safe / fmax))
         elif scaling.rule == "floor":
-            expo = _floor_log2(safe) - emax
+            expo = floor_log2(safe) - emax
         elif scaling.rule == "ceil":
-            expo = _floor_log2(_pow2_ceil(safe)) - emax
+            expo = floor_log2(_pow2_ceil(safe)) - emax
         else:
-            expo = _floor_log2(_round_mantissa(safe, fmt.mantissa_bits)) - emax
+            expo = floor_log2(_round_mantissa(safe, fmt.mantissa_bits)) - emax
         expo = expo.clamp(-127, 127)  # E8M0's range
         scale = exp2_int(expo, safe.dtype)
     good &= torch.isfinite(scale) & (scale > 0)
