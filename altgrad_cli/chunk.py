@@ -405,8 +405,7 @@ def _exponent_index(y: Tensor, fmt: Format) -> Tensor:
     elif y.dtype == torch.float64:
         field, bias = (y.view(torch.int64) >> 52) & 0x7FF, _F64_BIAS
     else:  # a custom format whose emin lies below float32's normal range
-        _, expo = torch.frexp(y)
-        field, bias = expo.to(torch.int64) - 1, 0
+        field, bias = floor_log2(y), 0
     return field.clamp_(fmt.emin + bias, fmt.emax + bias).sub_(fmt.emin + bias)
 
 
