@@ -217,6 +217,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.small:
         args.scale, args.repeat = 1 / 64, 1
+    if args.small or args.skip_seed:
+        args.only = args.only.replace("e", "")
     folder = args.data / f"scale-{args.scale:g}"
     paths = write_workload(folder, args.scale)
     if args.child:
@@ -254,9 +256,8 @@ def main() -> None:
             "--out",
             str(folder / "d.json"),
         ],
+        "(e) seed-style, whole tensors": me + ["--child", "seed"],
     }
-    if not (args.small or args.skip_seed):
-        cases["(e) seed-style, whole tensors"] = me + ["--child", "seed"]
     size = sum(p.stat().st_size for p in paths)
     print(
         f"workload: scale {args.scale:g}, {size / 2**30:.2f} GiB in 3 files; {os.cpu_count()} cores; torch {torch.__version__}"
