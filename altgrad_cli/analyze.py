@@ -120,7 +120,7 @@ def analyze(
     layers: list[LayerRecord] = []
     total = TensorAccumulator(fmts, has_grads=grads is not None)
     with (
-        one_torch_thread(),
+        one_torch_thread(),  # before the pool starts, so its threads begin with one torch thread
         ChunkPool(threads) if threads > 1 else nullcontext() as pool,
     ):
         for result in iter_tensor_results(
