@@ -3,8 +3,14 @@
 The public library API, listed once. Importing it loads torch but not typer or rich.
 """
 
-from altgrad_cli.analyze import analyze
-from altgrad_cli.diagnostics import (
+from altgrad_cli.engine.tensor import compute_stall_ratio, tensor_metrics
+from altgrad_cli.errors import AltgradError, FormatError, InputError, UsageError
+from altgrad_cli.numerics.formats import Format, get_format, registry
+from altgrad_cli.numerics.quantize import encode, quantize
+from altgrad_cli.numerics.rounding import decode
+from altgrad_cli.numerics.scaling import Scale, Scaling, compute_scale
+from altgrad_cli.pipeline import analyze
+from altgrad_cli.training.seed import (
     compute_stiffness_field,
     compute_ulp_distance,
     gradient_stiffness_correlation,
@@ -12,11 +18,7 @@ from altgrad_cli.diagnostics import (
     grid_alignment_statistics,
     ulp_statistics,
 )
-from altgrad_cli.errors import AltgradError, FormatError, InputError, UsageError
-from altgrad_cli.formats import Format, get_format, registry
-from altgrad_cli.metrics import compute_stall_ratio, tensor_metrics
-from altgrad_cli.quantize import Scale, Scaling, compute_scale, decode, encode, quantize
-from altgrad_cli.tracker import WeightFlipTracker
+from altgrad_cli.training.tracker import WeightFlipTracker
 
 __version__ = "0.1.0"
 

@@ -1,5 +1,5 @@
 """`python -m altgrad_cli`: the same as the `altgrad` console script."""
 
-from altgrad_cli.cli import main
+from altgrad_cli.cli.app import main
 
 main()

@@ -106,7 +106,7 @@ def write_workload(folder: Path, scale: float) -> list[Path]:
 
 
 def case_read(paths: list[Path]) -> None:
-    from altgrad_cli.checkpoint import Checkpoint
+    from altgrad_cli.io.checkpoint import Checkpoint
 
     total = 0.0
     for path in paths:
@@ -119,7 +119,7 @@ def case_read(paths: list[Path]) -> None:
 
 
 def case_cast(paths: list[Path]) -> None:
-    from altgrad_cli.checkpoint import Checkpoint
+    from altgrad_cli.io.checkpoint import Checkpoint
 
     before, after, grads = (Checkpoint(p) for p in paths)
     flips = updates = 0
@@ -144,7 +144,7 @@ def case_seed(paths: list[Path]) -> None:
         ulp_statistics,
     )
 
-    from altgrad_cli.checkpoint import Checkpoint
+    from altgrad_cli.io.checkpoint import Checkpoint
 
     before, after, grads = (Checkpoint(p) for p in paths)
     tracker = WeightFlipTracker()

@@ -14,7 +14,7 @@ import time
 import torch
 
 from altgrad_cli import get_format, quantize
-from altgrad_cli.quantize import encode_scaled, encode_scaled_bits
+from altgrad_cli.numerics.rounding import encode_scaled, encode_scaled_bits
 
 CHUNK = 1 << 20
 

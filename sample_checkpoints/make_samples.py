@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from altgrad_cli.capture import capture_step
+from altgrad_cli.io.capture import capture_step
 
 
 class TinyMLP(torch.nn.Module):

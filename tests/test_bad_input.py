@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from altgrad_cli import AltgradError, analyze
-from altgrad_cli.cli import app
+from altgrad_cli.cli.app import app
 
 
 def run(*args):
@@ -204,7 +204,7 @@ def test_failed_run_leaves_existing_out_untouched(tmp_path, good, monkeypatch):
     assert run(good, good, "-o", "json", "--out", out).exit_code == 0
     original = out.read_bytes()
     pipeline = importlib.import_module(
-        "altgrad_cli.analyze"
+        "altgrad_cli.pipeline"
     )  # the package attribute is the function
 
     real = pipeline.accumulate_tensor

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from altgrad_cli import UsageError, analyze
-from altgrad_cli.checks import evaluate, parse_rule
-from altgrad_cli.render.json_out import render_json
+from altgrad_cli.report.checks import evaluate, parse_rule
+from altgrad_cli.report.render.json_out import render_json
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_checkpoints"
 
@@ -36,7 +36,7 @@ def report_file(tmp_path, report_dict) -> Path:
 
 def check(*args, env=None):
     return CliRunner().invoke(
-        __import__("altgrad_cli.cli", fromlist=["app"]).app, ["check", *map(str, args)], env=env
+        __import__("altgrad_cli.cli.app", fromlist=["app"]).app, ["check", *map(str, args)], env=env
     )
 
 
@@ -195,7 +195,7 @@ def test_github_step_summary(report_file, tmp_path):
 
 
 def test_analyze_fail_if_adds_checks_section(tmp_path):
-    from altgrad_cli.cli import app
+    from altgrad_cli.cli.app import app
 
     out = tmp_path / "r.json"
     result = CliRunner().invoke(

@@ -12,11 +12,13 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from altgrad_cli.capture import capture_step
-from altgrad_cli.cli import app
+from altgrad_cli.cli.app import app
+from altgrad_cli.io.capture import capture_step
 
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMA = json.loads(resources.files("altgrad_cli").joinpath("report.schema.json").read_text())
+SCHEMA = json.loads(
+    resources.files("altgrad_cli.report").joinpath("report.schema.json").read_text()
+)
 
 
 def run(*args: str):

@@ -6,8 +6,8 @@ import json
 
 from typer.testing import CliRunner
 
-from altgrad_cli.cli import app
-from altgrad_cli.formats import registry
+from altgrad_cli.cli.app import app
+from altgrad_cli.numerics.formats import registry
 
 runner = CliRunner()
 

@@ -10,7 +10,7 @@ import pytest
 from reference import ML_DTYPES, enumerate_grid, ml_dtypes_grid
 
 from altgrad_cli import FormatError, get_format
-from altgrad_cli.formats import registry
+from altgrad_cli.numerics.formats import registry
 
 # name: (E, M, bias, max, min normal, min subnormal), copied from SPEC §Formats.
 SPEC_TABLE = {

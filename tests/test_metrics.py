@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from reference import enumerate_grid, round_to_grid
 
 from altgrad_cli import compute_scale, get_format, tensor_metrics
-from altgrad_cli.chunk import ulp_distances
-from altgrad_cli.stats import CoMoments, Moments, UlpHistogram
+from altgrad_cli.engine.kernel import ulp_distances
+from altgrad_cli.engine.stats import CoMoments, Moments, UlpHistogram
 
 SCALINGS = [
     "none",

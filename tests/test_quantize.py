@@ -9,17 +9,16 @@ import torch
 from reference import ML_DTYPES, enumerate_grid, ml_dtypes_grid, probe_values, round_to_grid
 
 from altgrad_cli import compute_scale, encode, get_format, quantize
-from altgrad_cli.quantize import (
+from altgrad_cli.numerics.rounding import (
     INVALID_CODE,
-    Scale,
     decode,
     divide_as,
     encode_scaled,
     encode_scaled_bits,
     overflow_mask,
     overflows,
-    parse_scaling,
 )
+from altgrad_cli.numerics.scaling import Scale, parse_scaling
 
 ML_NAMES = [n for n, d in ML_DTYPES.items() if d is not None]
 CUSTOM = [

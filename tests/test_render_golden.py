@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from altgrad_cli.pairing import Skipped
-from altgrad_cli.render.csv_out import render_csv
-from altgrad_cli.render.json_out import render_json, render_jsonl
-from altgrad_cli.render.markdown import render_markdown
-from altgrad_cli.render.table import render_table
-from altgrad_cli.report import LayerRecord, Report, SummaryRecord
+from altgrad_cli.io.pairing import Skipped
+from altgrad_cli.report.records import LayerRecord, Report, SummaryRecord
+from altgrad_cli.report.render.csv_out import render_csv
+from altgrad_cli.report.render.json_out import render_json, render_jsonl
+from altgrad_cli.report.render.markdown import render_markdown
+from altgrad_cli.report.render.table import render_table
 
 GOLDEN = Path(__file__).parent / "golden"
 

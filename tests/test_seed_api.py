@@ -17,12 +17,12 @@ from altgrad_cli import (
     compute_stall_ratio,
     compute_stiffness_field,
     compute_ulp_distance,
-    diagnostics,
     gradient_stiffness_correlation,
     grid_alignment_error,
     grid_alignment_statistics,
     ulp_statistics,
 )
+from altgrad_cli.training import seed as diagnostics
 
 ONE = torch.tensor(1.0)
 

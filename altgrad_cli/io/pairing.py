@@ -6,8 +6,8 @@ import os
 import re
 from dataclasses import dataclass
 
-from altgrad_cli.checkpoint import Checkpoint, TensorInfo
 from altgrad_cli.errors import InputError, UsageError
+from altgrad_cli.io.checkpoint import Checkpoint, TensorInfo
 
 
 @dataclass(frozen=True)

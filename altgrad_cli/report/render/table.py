@@ -7,7 +7,8 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from altgrad_cli.render.columns import (
+from altgrad_cli.report.records import Report
+from altgrad_cli.report.render.columns import (
     GRAD_COLUMNS,
     GRID_COLUMNS,
     STALL_COLUMNS,
@@ -15,7 +16,6 @@ from altgrad_cli.render.columns import (
     fmt_number,
     value,
 )
-from altgrad_cli.report import Report
 
 BAR_WIDTH = 30
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
-from altgrad_cli.checks import CheckResult
-from altgrad_cli.render.columns import fmt_number
+from altgrad_cli.report.checks import CheckResult
+from altgrad_cli.report.render.columns import fmt_number
 
 
 def render_junit(results: Sequence[CheckResult]) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from altgrad_cli.report import LayerRecord
+from altgrad_cli.report.records import LayerRecord
 
 # (header, dotted key) of the per-layer stall/flip view
 STALL_COLUMNS = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from altgrad_cli.pairing import Skipped
+from altgrad_cli.io.pairing import Skipped
 
 SCHEMA = "altgrad.report/1"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from altgrad_cli.formats import Format, get_format
-from altgrad_cli.metrics import DEFAULT_GRAD_EPS, compute_stall_ratio
-from altgrad_cli.quantize import encode
+from altgrad_cli.engine.tensor import DEFAULT_GRAD_EPS, compute_stall_ratio
+from altgrad_cli.numerics.formats import Format, get_format
+from altgrad_cli.numerics.quantize import encode
 
 __all__ = ["WeightFlipTracker", "compute_stall_ratio"]
 

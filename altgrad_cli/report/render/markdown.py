@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from altgrad_cli.render.columns import STALL_COLUMNS, ULP_COLUMNS, fmt_number, value
-from altgrad_cli.report import Report
+from altgrad_cli.report.records import Report
+from altgrad_cli.report.render.columns import STALL_COLUMNS, ULP_COLUMNS, fmt_number, value
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:

@@ -11,19 +11,19 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
-from altgrad_cli.checkpoint import Checkpoint
-from altgrad_cli.errors import UsageError
-from altgrad_cli.formats import Format, get_format
-from altgrad_cli.metrics import (
+from altgrad_cli.engine.parallel import ChunkPool, available_cores, one_torch_thread
+from altgrad_cli.engine.tensor import (
     DEFAULT_CHUNK,
     DEFAULT_GRAD_EPS,
     TensorAccumulator,
     accumulate_tensor,
 )
-from altgrad_cli.pairing import Pair, pair_tensors
-from altgrad_cli.parallel import ChunkPool, available_cores, one_torch_thread
-from altgrad_cli.quantize import parse_scaling
-from altgrad_cli.report import LayerRecord, Report, SummaryRecord
+from altgrad_cli.errors import UsageError
+from altgrad_cli.io.checkpoint import Checkpoint
+from altgrad_cli.io.pairing import Pair, pair_tensors
+from altgrad_cli.numerics.formats import Format, get_format
+from altgrad_cli.numerics.scaling import parse_scaling
+from altgrad_cli.report.records import LayerRecord, Report, SummaryRecord
 
 Progress = Callable[[int, int, str], None]
 """progress(done, total, name): called after each tensor; the CLI draws a bar with it."""

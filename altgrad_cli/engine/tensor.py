@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from altgrad_cli.chunk import (
+from altgrad_cli.engine.kernel import (
     EXP_HIGH,
     EXP_LOW,
     FormatAccumulator,
@@ -23,20 +23,13 @@ from altgrad_cli.chunk import (
     prepare_chunk,
     update_format,
 )
-from altgrad_cli.formats import Format
-from altgrad_cli.parallel import ChunkPool, one_torch_thread, ordered_map
-from altgrad_cli.quantize import (
-    Scale,
-    Scaling,
-    floor_log2,
-    group_amax,
-    iter_chunks,
-    overflow_mask,
-    parse_scaling,
-    scale_from_amax,
-    working_dtype,
-)
-from altgrad_cli.stats import BinnedCounts, Counts, UlpHistogram, fold_grid_steps
+from altgrad_cli.engine.parallel import ChunkPool, one_torch_thread, ordered_map
+from altgrad_cli.engine.stats import BinnedCounts, Counts, UlpHistogram, fold_grid_steps
+from altgrad_cli.numerics.bits import floor_log2, working_dtype
+from altgrad_cli.numerics.formats import Format
+from altgrad_cli.numerics.layout import iter_chunks
+from altgrad_cli.numerics.rounding import overflow_mask
+from altgrad_cli.numerics.scaling import Scale, Scaling, group_amax, parse_scaling, scale_from_amax
 
 DEFAULT_GRAD_EPS = 1e-10
 DEFAULT_CHUNK = 1 << 18

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from altgrad_cli.errors import UsageError
-from altgrad_cli.report import lookup
+from altgrad_cli.report.records import lookup
 
 OPERATORS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import csv
 import io
 
-from altgrad_cli.render.columns import CSV_KEYS, value
-from altgrad_cli.report import Report
+from altgrad_cli.report.records import Report
+from altgrad_cli.report.render.columns import CSV_KEYS, value
 
 
 def render_csv(report: Report) -> str:

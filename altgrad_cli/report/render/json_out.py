@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from altgrad_cli.report import Report
+from altgrad_cli.report.records import Report
 
 
 def render_json(report: Report) -> str:

@@ -31,24 +31,21 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from altgrad_cli.formats import Format
-from altgrad_cli.quantize import (
+from altgrad_cli.engine.stats import BinnedCounts, CoMoments, Counts, Mean, Moments, UlpHistogram
+from altgrad_cli.numerics.bits import F64, INT_OF_WIDTH, floor_log2, working_dtype
+from altgrad_cli.numerics.formats import Format
+from altgrad_cli.numerics.rounding import (
     decode_magnitude64,
     decode_magnitude64_parts,
     divide_as,
     encode_scaled,
-    floor_log2,
     overflow_mask,
     overflows,
-    working_dtype,
 )
-from altgrad_cli.stats import BinnedCounts, CoMoments, Counts, Mean, Moments, UlpHistogram
 
 ScalePair = tuple[Tensor | None, Tensor | None]
 """Per format, the scales BEFORE and AFTER are divided by."""
 
-_INT_OF_WIDTH = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-_F64_BIAS = 1023
 EXP_LOW, EXP_HIGH = -1100, 1100  # floor(log2 S) of any float64 stiffness lies in here
 
 
@@ -229,8 +226,8 @@ def ulp_distances(before: Tensor, after: Tensor, absmax: float) -> Tensor:
     width = before.element_size()
     small = absmax < 2.0
     wide = torch.int32 if width < 4 or (width == 4 and small) else torch.int64
-    bits_b = before.view(_INT_OF_WIDTH[width]).to(wide)  # sign-extends; no copy when same
-    bits_a = after.view(_INT_OF_WIDTH[width]).to(wide)
+    bits_b = before.view(INT_OF_WIDTH[width]).to(wide)  # sign-extends; no copy when same
+    bits_a = after.view(INT_OF_WIDTH[width]).to(wide)
     distance = (bits_a - bits_b).abs_()
     signs = bits_a ^ bits_b  # negative where the signs differ
     if int(signs.min()) < 0:
@@ -403,7 +400,7 @@ def _exponent_index(y: Tensor, fmt: Format) -> Tensor:
     if y.dtype == torch.float32 and fmt.emin >= -126:
         field, bias = (y.view(torch.int32) >> 23) & 0xFF, 127
     elif y.dtype == torch.float64:
-        field, bias = (y.view(torch.int64) >> 52) & 0x7FF, _F64_BIAS
+        field, bias = (y.view(torch.int64) >> 52) & 0x7FF, F64.bias
     else:  # a custom format whose emin lies below float32's normal range
         field, bias = floor_log2(y), 0
     return field.clamp_(fmt.emin + bias, fmt.emax + bias).sub_(fmt.emin + bias)
@@ -411,7 +408,7 @@ def _exponent_index(y: Tensor, fmt: Format) -> Tensor:
 
 def _power_of_two(index: Tensor, offset: int) -> Tensor:
     """2^(index + offset) as float64, by placing the exponent (always in float64's normal range)."""
-    return ((index.to(torch.int64) + (offset + _F64_BIAS)) << 52).view(torch.float64)
+    return ((index.to(torch.int64) + (offset + F64.bias)) << 52).view(torch.float64)
 
 
 @dataclass

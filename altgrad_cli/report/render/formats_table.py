@@ -7,7 +7,7 @@ import math
 from rich.console import Console
 from rich.table import Table
 
-from altgrad_cli.formats import Format
+from altgrad_cli.numerics.formats import Format
 
 
 def _num(value: float | None) -> str:

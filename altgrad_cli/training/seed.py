@@ -9,8 +9,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from altgrad_cli.formats import Format, get_format
-from altgrad_cli.quantize import exp2_int, floor_log2, quantize, working_dtype
+from altgrad_cli.numerics.bits import exp2_int, floor_log2, working_dtype
+from altgrad_cli.numerics.formats import Format, get_format
+from altgrad_cli.numerics.quantize import quantize
 
 
 def compute_stiffness_field(weights: Tensor, mantissa_bits: int | Format | str) -> Tensor:

@@ -16,11 +16,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from altgrad_cli.allocator import keep_freed_buffers
-from altgrad_cli.checks import checks_section, evaluate, parse_rule
+from altgrad_cli.engine.allocator import keep_freed_buffers
 from altgrad_cli.errors import AltgradError, InputError, UsageError
-from altgrad_cli.formats import registry
-from altgrad_cli.report import SCHEMA
+from altgrad_cli.numerics.formats import registry
+from altgrad_cli.report.checks import checks_section, evaluate, parse_rule
+from altgrad_cli.report.records import SCHEMA
 
 app = typer.Typer(
     add_completion=False,
@@ -76,7 +76,7 @@ def formats_command(
     if output is FormatsOutput.json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
-    from altgrad_cli.render.formats_table import render_formats
+    from altgrad_cli.report.render.formats_table import render_formats
 
     render_formats(registry(), Console())
 
@@ -101,7 +101,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _render(report, output: Output, width: int | None = None) -> str:
-    from altgrad_cli.render import csv_out, json_out, markdown
+    from altgrad_cli.report.render import csv_out, json_out, markdown
 
     if output is Output.json:
         return json_out.render_json(report)
@@ -111,7 +111,7 @@ def _render(report, output: Output, width: int | None = None) -> str:
         return csv_out.render_csv(report)
     if output is Output.markdown:
         return markdown.render_markdown(report)
-    from altgrad_cli.render.table import render_table
+    from altgrad_cli.report.render.table import render_table
 
     console = Console(record=True, width=width or 120, file=io.StringIO(), color_system=None)
     render_table(report, console)
@@ -199,7 +199,7 @@ def analyze_command(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     """Analyse one optimizer step: flips, stalls, ULPs, grid alignment and stiffness, per tensor and format."""
-    from altgrad_cli.analyze import analyze
+    from altgrad_cli.pipeline import analyze
 
     try:
         rules = [parse_rule(text) for text in fail_if]
@@ -291,7 +291,7 @@ def _finish_checks(results: list, junit: Path | None) -> None:
     """Report failures on stderr, write JUnit and the GitHub step summary, exit 1 on a failure."""
     if not results and junit is None:
         return
-    from altgrad_cli.render.junit import render_junit, render_step_summary
+    from altgrad_cli.report.render.junit import render_junit, render_step_summary
 
     if junit is not None:
         _write_atomic(junit, render_junit(results))
@@ -315,7 +315,7 @@ def _finish_checks(results: list, junit: Path | None) -> None:
 def _sorted(report, key: str | None, top: int | None):
     layers = list(report.layers)
     if key is not None:
-        from altgrad_cli.render.columns import value
+        from altgrad_cli.report.render.columns import value
 
         if layers and all(value(layer, key) is None for layer in layers):
             raise UsageError(f"--sort {key!r}: no such metric in the layer records")
@@ -357,7 +357,9 @@ def _progress(quiet: bool):
 def schema_command() -> None:
     """Print the JSON Schema of the report (`--output json`)."""
     sys.stdout.write(
-        resources.files("altgrad_cli").joinpath("report.schema.json").read_text(encoding="utf-8")
+        resources.files("altgrad_cli.report")
+        .joinpath("report.schema.json")
+        .read_text(encoding="utf-8")
     )
 
 
