@@ -23,7 +23,16 @@ from altgrad_cli.io.checkpoint import Checkpoint
 from altgrad_cli.io.pairing import Pair, pair_tensors
 from altgrad_cli.numerics.formats import Format, get_format
 from altgrad_cli.numerics.scaling import parse_scaling
-from altgrad_cli.report.records import LayerRecord, Report, SummaryRecord
+from altgrad_cli.report.records import (
+    FormatInfo,
+    Inputs,
+    LayerRecord,
+    Report,
+    ReportOptions,
+    ScaleRecord,
+    SummaryRecord,
+    WorstRow,
+)
 
 Progress = Callable[[int, int, str], None]
 """progress(done, total, name): called after each tensor; the CLI draws a bar with it."""
@@ -33,7 +42,7 @@ Progress = Callable[[int, int, str], None]
 class TensorResult:
     pair: Pair
     accumulator: TensorAccumulator
-    scales: dict[str, dict]
+    scales: dict[str, ScaleRecord]
 
     def records(self) -> list[LayerRecord]:
         results = self.accumulator.results()
@@ -44,9 +53,9 @@ class TensorResult:
                 dtype=self.pair.before.dtype,
                 shape=self.pair.before.shape,
                 scale=self.scales[name],
-                metrics=record,
+                metrics=metrics,
             )
-            for name, record in results.items()
+            for name, metrics in results.items()
         ]
 
 
@@ -137,38 +146,33 @@ def analyze(
             layers.extend(result.records())
             total.merge(result.accumulator)
     summary = []
-    for fmt, (name, record) in zip(fmts, total.results().items(), strict=True):
+    for fmt, (name, metrics) in zip(fmts, total.results().items(), strict=True):
         own = sorted(
             (r for r in layers if r.format == name),
-            key=lambda r: (-r.metrics["stall_ratio"], r.name),
+            key=lambda r: (-r.metrics.stall_ratio, r.name),
         )
         worst_rows = tuple(
-            {
-                "name": r.name,
-                "stall_ratio": r.metrics["stall_ratio"],
-                "updates": r.metrics["updates"],
-                "flips": r.metrics["flips"],
-            }
+            WorstRow(r.name, r.metrics.stall_ratio, r.metrics.updates, r.metrics.flips)
             for r in own[:worst]
         )
-        summary.append(SummaryRecord(fmt.name, len(pairs), record, worst_rows))
+        summary.append(SummaryRecord(fmt.name, len(pairs), metrics, worst_rows))
     return Report(
-        inputs={
-            "before": str(before),
-            "after": str(after),
-            "grads": None if grads is None else str(grads),
-        },
-        options={
-            "formats": [f.name for f in fmts],
-            "scaling": scaling_text,
-            "rescale": rescale,
-            "grad_eps": grad_eps,
-            "strip_prefix": list(strip_prefix),
-            "include": include,
-            "exclude": exclude,
-            "chunk_size": chunk_size,
-        },
-        formats=tuple(f.to_dict() for f in fmts),
+        inputs=Inputs(
+            before=str(before),
+            after=str(after),
+            grads=None if grads is None else str(grads),
+        ),
+        options=ReportOptions(
+            formats=tuple(f.name for f in fmts),
+            scaling=scaling_text,
+            rescale=rescale,
+            grad_eps=grad_eps,
+            strip_prefix=tuple(strip_prefix),
+            include=include,
+            exclude=exclude,
+            chunk_size=chunk_size,
+        ),
+        formats=tuple(FormatInfo(**f.to_dict()) for f in fmts),
         layers=tuple(layers),
         summary=tuple(summary),
         skipped=tuple(skipped),

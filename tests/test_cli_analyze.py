@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 
 import jsonschema
@@ -14,11 +13,10 @@ from typer.testing import CliRunner
 
 from altgrad_cli.cli.app import app
 from altgrad_cli.io.capture import capture_step
+from altgrad_cli.report.schema import report_schema
 
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMA = json.loads(
-    resources.files("altgrad_cli.report").joinpath("report.schema.json").read_text()
-)
+SCHEMA = report_schema()
 
 
 def run(*args: str):

@@ -13,64 +13,77 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from altgrad_cli.io.pairing import Skipped
-from altgrad_cli.report.records import LayerRecord, Report, SummaryRecord
+from altgrad_cli.report.records import (
+    Inputs,
+    LayerRecord,
+    Metrics,
+    Report,
+    ReportOptions,
+    SingleScale,
+    Skipped,
+    SummaryRecord,
+    WorstRow,
+)
 from altgrad_cli.report.render.csv_out import render_csv
 from altgrad_cli.report.render.json_out import render_json, render_jsonl
 from altgrad_cli.report.render.markdown import render_markdown
 from altgrad_cli.report.render.table import render_table
+from altgrad_cli.report.serialize import from_json
 
 GOLDEN = Path(__file__).parent / "golden"
 
 
-def _metrics(updates: int, flips: int, on_updates: int, numel: int) -> dict:
+def _metrics(updates: int, flips: int, on_updates: int, numel: int) -> Metrics:
     stall = 1 - on_updates / updates if updates else 0.0
-    return {
-        "numel": numel,
-        "nonfinite": 0,
-        "updates": updates,
-        "update_source": "grads",
-        "flips": flips,
-        "flips_on_updates": on_updates,
-        "flips_without_update": flips - on_updates,
-        "flip_rate": flips / numel,
-        "stall_ratio": stall,
-        "grid_steps": {
-            "mean": 0.75,
-            "max": 3,
-            "histogram": {"0": 2, "1": 1, "2": 0, "3": 1, "4-7": 0, "8-15": 0, "16+": 0},
-        },
-        "ulp": {"mean": 1234.5, "median": 1000, "max": 5000, "zero_frac": 0.25},
-        "stiffness": {
-            "mean": 0.0078125,
-            "min": 0.00390625,
-            "max": 0.015625,
-            "histogram": {"-8": 1, "-7": 2, "-6": 1},
-        },
-        "grid_alignment": {
-            "mean": 0.001,
-            "max": 0.003,
-            "std": 0.0005,
-            "on_grid_frac": 0.25,
-            "rel_mean": 0.125,
-        },
-        "grad_stiffness": {"correlation": 0.5, "ratio_mean": 0.75, "below_frac": 0.5},
-        "update_stiffness": {
-            "ratio_mean": 0.6,
-            "below_half_frac": 0.5,
-            "predicted_vs_actual": {
-                "predicted_flip": {"flipped": 1, "not_flipped": 1},
-                "predicted_stall": {"flipped": 0, "not_flipped": 2},
+    return from_json(
+        Metrics,
+        {
+            "numel": numel,
+            "nonfinite": 0,
+            "updates": updates,
+            "update_source": "grads",
+            "flips": flips,
+            "flips_on_updates": on_updates,
+            "flips_without_update": flips - on_updates,
+            "flip_rate": flips / numel,
+            "stall_ratio": stall,
+            "grid_steps": {
+                "mean": 0.75,
+                "max": 3,
+                "histogram": {"0": 2, "1": 1, "2": 0, "3": 1, "4-7": 0, "8-15": 0, "16+": 0},
             },
+            "ulp": {"mean": 1234.5, "median": 1000, "max": 5000, "zero_frac": 0.25},
+            "stiffness": {
+                "mean": 0.0078125,
+                "min": 0.00390625,
+                "max": 0.015625,
+                "histogram": {"-8": 1, "-7": 2, "-6": 1},
+            },
+            "grid_alignment": {
+                "mean": 0.001,
+                "max": 0.003,
+                "std": 0.0005,
+                "on_grid_frac": 0.25,
+                "rel_mean": 0.125,
+            },
+            "grad_stiffness": {"correlation": 0.5, "ratio_mean": 0.75, "below_frac": 0.5},
+            "update_stiffness": {
+                "ratio_mean": 0.6,
+                "below_half_frac": 0.5,
+                "predicted_vs_actual": {
+                    "predicted_flip": {"flipped": 1, "not_flipped": 1},
+                    "predicted_stall": {"flipped": 0, "not_flipped": 2},
+                },
+            },
+            "overflow_frac": 0.0,
+            "underflow_frac": 0.0,
         },
-        "overflow_frac": 0.0,
-        "underflow_frac": 0.0,
-    }
+    )
 
 
 @pytest.fixture
 def report() -> Report:
-    scale = {"mode": "tensor", "value": 0.5}
+    scale = SingleScale("tensor", 0.5)
     layers = (
         LayerRecord(
             "blocks.0.attn.q.weight", "e4m3fn", "BF16", (2, 2), scale, _metrics(4, 1, 1, 4)
@@ -84,18 +97,18 @@ def report() -> Report:
             "e4m3fn",
             2,
             _metrics(8, 1, 1, 8),
-            ({"name": "norm.weight", "stall_ratio": 1.0, "updates": 4, "flips": 0},),
+            (WorstRow("norm.weight", 1.0, 4, 0),),
         ),
         SummaryRecord(
             "E0M7",
             2,
             _metrics(8, 5, 5, 8),
-            ({"name": "norm.weight", "stall_ratio": 0.5, "updates": 4, "flips": 2},),
+            (WorstRow("norm.weight", 0.5, 4, 2),),
         ),
     )
     return Report(
-        inputs={"before": "b.safetensors", "after": "a.safetensors", "grads": "g.safetensors"},
-        options={"formats": ["e4m3fn", "E0M7"], "scaling": "tensor"},
+        inputs=Inputs("b.safetensors", "a.safetensors", "g.safetensors"),
+        options=ReportOptions(("e4m3fn", "E0M7"), "tensor", False, 1e-10, (), None, None, 1 << 18),
         formats=(),
         layers=layers,
         summary=summary,

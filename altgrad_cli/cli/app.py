@@ -9,7 +9,6 @@ import sys
 from contextlib import contextmanager
 from dataclasses import replace
 from enum import Enum
-from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
@@ -20,7 +19,7 @@ from altgrad_cli.engine.allocator import keep_freed_buffers
 from altgrad_cli.errors import AltgradError, InputError, UsageError
 from altgrad_cli.numerics.formats import registry
 from altgrad_cli.report.checks import checks_section, evaluate, parse_rule
-from altgrad_cli.report.records import SCHEMA
+from altgrad_cli.report.records import SCHEMA, to_json
 
 app = typer.Typer(
     add_completion=False,
@@ -265,7 +264,7 @@ def check_command(
             report, rules, baseline=baseline_report, layer=layer, formats=format or None
         )
         if output is Output.json:
-            sys.stdout.write(json.dumps(checks_section(rules, results), indent=2) + "\n")
+            sys.stdout.write(json.dumps(to_json(checks_section(rules, results)), indent=2) + "\n")
         _finish_checks(results, junit)
     except AltgradError as error:
         if debug:
@@ -356,11 +355,9 @@ def _progress(quiet: bool):
 @app.command("schema")
 def schema_command() -> None:
     """Print the JSON Schema of the report (`--output json`)."""
-    sys.stdout.write(
-        resources.files("altgrad_cli.report")
-        .joinpath("report.schema.json")
-        .read_text(encoding="utf-8")
-    )
+    from altgrad_cli.report.schema import report_schema
+
+    sys.stdout.write(json.dumps(report_schema(), indent=2) + "\n")
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -30,6 +31,21 @@ from altgrad_cli.numerics.formats import Format
 from altgrad_cli.numerics.layout import iter_chunks
 from altgrad_cli.numerics.rounding import overflow_mask
 from altgrad_cli.numerics.scaling import Scale, Scaling, group_amax, parse_scaling, scale_from_amax
+from altgrad_cli.report.records import (
+    GradStiffness,
+    GridAlignment,
+    GridSteps,
+    GroupScales,
+    Metrics,
+    Outcome,
+    PredictedVsActual,
+    ScaleRecord,
+    SingleScale,
+    Stiffness,
+    UlpStats,
+    UpdateStiffness,
+    to_json,
+)
 
 DEFAULT_GRAD_EPS = 1e-10
 DEFAULT_CHUNK = 1 << 18
@@ -72,11 +88,11 @@ class TensorAccumulator:
         for fmt, (s_before, s_after) in zip(self.formats, flat_scales, strict=True):
             update_format(self.per_format[fmt.name], fmt, chunk, s_before, s_after)
 
-    def results(self) -> dict[str, dict]:
-        """One record per format, keyed by format name (SPEC §Metrics keys)."""
+    def results(self) -> dict[str, Metrics]:
+        """One record per format, keyed by format name (SPEC §Metrics)."""
         return {fmt.name: self._record(fmt) for fmt in self.formats}
 
-    def _record(self, fmt: Format) -> dict:
+    def _record(self, fmt: Format) -> Metrics:
         c, acc = self.counts, self.per_format[fmt.name]
         fc = acc.counts
         numel, n = c["numel"], c["n"]
@@ -85,62 +101,58 @@ class TensorAccumulator:
         stiffness_hist = acc.stiffness_hist.result()
         if fc["stiffness_zero"]:
             stiffness_hist["zero"] = fc["stiffness_zero"]
-        record = {
-            "numel": numel,
-            "nonfinite": c["nonfinite"],
-            "updates": updates,
-            "update_source": "grads" if self.has_grads else "delta",
-            "flips": flips,
-            "flips_on_updates": on_updates,
-            "flips_without_update": flips - on_updates,
-            "flip_rate": flips / numel if numel else 0.0,
-            "stall_ratio": compute_stall_ratio(on_updates, updates),
-            "grid_steps": {
-                "mean": fc["steps_sum"] / n if n else 0.0,
-                "max": acc.steps_max,
-                "histogram": fold_grid_steps(acc.grid_steps.counts),
-            },
-            "ulp": self.ulp.result(),
-            "stiffness": {
-                "mean": acc.stiffness.result()["mean"],
-                "min": acc.stiffness.result()["min"],
-                "max": acc.stiffness.result()["max"],
-                "histogram": stiffness_hist,
-            },
-            "grid_alignment": {
-                "mean": acc.grid_error.result()["mean"],
-                "max": acc.grid_error.result()["max"] if n else 0.0,
-                "std": acc.grid_error.std,
-                "on_grid_frac": fc["on_grid"] / n if n else 0.0,
-                "rel_mean": acc.grid_rel.result()["mean"],
-            },
-            "grad_stiffness": None,
-            "update_stiffness": {
-                "ratio_mean": acc.update_ratio.result()["mean"],
-                "below_half_frac": (fc["pred_stall_flipped"] + fc["pred_stall_stalled"]) / n_nonzero
+        stiffness = acc.stiffness.result()
+        grid_error = acc.grid_error.result()
+        grad_stiffness = None
+        if self.has_grads:
+            grad_stiffness = GradStiffness(
+                correlation=acc.grad.correlation(),
+                ratio_mean=acc.grad_ratio.result()["mean"],
+                below_frac=fc["grad_below"] / n_nonzero if n_nonzero else 0.0,
+            )
+        return Metrics(
+            numel=numel,
+            nonfinite=c["nonfinite"],
+            updates=updates,
+            update_source="grads" if self.has_grads else "delta",
+            flips=flips,
+            flips_on_updates=on_updates,
+            flips_without_update=flips - on_updates,
+            flip_rate=flips / numel if numel else 0.0,
+            stall_ratio=compute_stall_ratio(on_updates, updates),
+            grid_steps=GridSteps(
+                mean=fc["steps_sum"] / n if n else 0.0,
+                max=acc.steps_max,
+                histogram=fold_grid_steps(acc.grid_steps.counts),
+            ),
+            ulp=UlpStats(**self.ulp.result()),
+            stiffness=Stiffness(
+                mean=stiffness["mean"],
+                min=stiffness["min"],
+                max=stiffness["max"],
+                histogram=stiffness_hist,
+            ),
+            grid_alignment=GridAlignment(
+                mean=grid_error["mean"],
+                max=grid_error["max"] if n else 0.0,
+                std=acc.grid_error.std,
+                on_grid_frac=fc["on_grid"] / n if n else 0.0,
+                rel_mean=acc.grid_rel.result()["mean"],
+            ),
+            grad_stiffness=grad_stiffness,
+            update_stiffness=UpdateStiffness(
+                ratio_mean=acc.update_ratio.result()["mean"],
+                below_half_frac=(fc["pred_stall_flipped"] + fc["pred_stall_stalled"]) / n_nonzero
                 if n_nonzero
                 else 0.0,
-                "predicted_vs_actual": {
-                    "predicted_flip": {
-                        "flipped": fc["pred_flip_flipped"],
-                        "not_flipped": fc["pred_flip_stalled"],
-                    },
-                    "predicted_stall": {
-                        "flipped": fc["pred_stall_flipped"],
-                        "not_flipped": fc["pred_stall_stalled"],
-                    },
-                },
-            },
-            "overflow_frac": fc["overflow"] / numel if numel else 0.0,
-            "underflow_frac": fc["underflow"] / numel if numel else 0.0,
-        }
-        if self.has_grads:
-            record["grad_stiffness"] = {
-                "correlation": acc.grad.correlation(),
-                "ratio_mean": acc.grad_ratio.result()["mean"],
-                "below_frac": fc["grad_below"] / n_nonzero if n_nonzero else 0.0,
-            }
-        return record
+                predicted_vs_actual=PredictedVsActual(
+                    predicted_flip=Outcome(fc["pred_flip_flipped"], fc["pred_flip_stalled"]),
+                    predicted_stall=Outcome(fc["pred_stall_flipped"], fc["pred_stall_stalled"]),
+                ),
+            ),
+            overflow_frac=fc["overflow"] / numel if numel else 0.0,
+            underflow_frac=fc["underflow"] / numel if numel else 0.0,
+        )
 
 
 def compute_stall_ratio(flips: int, updates: int) -> float:
@@ -157,25 +169,25 @@ def compute_stall_ratio(flips: int, updates: int) -> float:
 # ----------------------------------------------------------------------------- driving
 
 
-def scale_summary(scale: Scale, fmt: Format) -> dict:
+def scale_summary(scale: Scale, fmt: Format) -> ScaleRecord:
     """The scale(s) of one tensor for its record: the value, or count/min/max/log2 histogram
     and the fraction of groups whose largest element was clipped."""
     values = scale.values.reshape(-1).to(torch.float64)
     if scale.scaling.mode in ("tensor", "pow2", "none"):
-        return {"mode": str(scale.scaling), "value": float(values[0]) if values.numel() else 1.0}
+        return SingleScale(str(scale.scaling), float(values[0]) if values.numel() else 1.0)
     amax = scale.amax.reshape(-1)
     ratio = (amax.to(torch.float64) / values).to(amax.dtype)
     clipped = int(overflow_mask(ratio, fmt).sum()) if values.numel() else 0
     hist = BinnedCounts.empty(EXP_LOW, EXP_HIGH)
     hist.update(floor_log2(values))
-    return {
-        "mode": str(scale.scaling),
-        "count": values.numel(),
-        "min": float(values.min()) if values.numel() else None,
-        "max": float(values.max()) if values.numel() else None,
-        "log2_histogram": hist.result(),
-        "clipped_frac": clipped / values.numel() if values.numel() else 0.0,
-    }
+    return GroupScales(
+        mode=str(scale.scaling),
+        count=values.numel(),
+        min=float(values.min()) if values.numel() else None,
+        max=float(values.max()) if values.numel() else None,
+        log2_histogram=hist.result(),
+        clipped_frac=clipped / values.numel() if values.numel() else 0.0,
+    )
 
 
 def tensor_metrics(
@@ -188,12 +200,14 @@ def tensor_metrics(
     rescale: bool = False,
     grad_eps: float = DEFAULT_GRAD_EPS,
     chunk: int = DEFAULT_CHUNK,
-) -> tuple[dict[str, dict], dict[str, dict]]:
-    """(records, scales) per format name for one tensor, streamed in chunks of about `chunk` elements."""
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """(records, scales) per format name for one tensor, in their JSON form (plain dicts, for
+    use on tensors in a training loop), streamed in chunks of about `chunk` elements."""
     acc, scales = accumulate_tensor(
         before, after, grad, formats, scaling, rescale=rescale, grad_eps=grad_eps, chunk=chunk
     )
-    return acc.results(), scales
+    records = {name: to_json(metrics) for name, metrics in acc.results().items()}
+    return records, {name: to_json(scale) for name, scale in scales.items()}
 
 
 def accumulate_tensor(
@@ -207,7 +221,7 @@ def accumulate_tensor(
     grad_eps: float = DEFAULT_GRAD_EPS,
     chunk: int = DEFAULT_CHUNK,
     pool: ChunkPool | None = None,
-) -> tuple[TensorAccumulator, dict[str, dict]]:
+) -> tuple[TensorAccumulator, dict[str, ScaleRecord]]:
     """The mergeable accumulator of one tensor (for summaries across tensors) and its scales.
 
     With a `pool`, chunks run on its threads; their partial results are merged in chunk order."""

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from altgrad_cli.errors import InputError, UsageError
 from altgrad_cli.io.checkpoint import Checkpoint, TensorInfo
+from altgrad_cli.report.records import Skipped
 
 
 @dataclass(frozen=True)
@@ -18,15 +19,6 @@ class Pair:
     before: TensorInfo
     after: TensorInfo
     grad: TensorInfo | None
-
-
-@dataclass(frozen=True)
-class Skipped:
-    name: str
-    reason: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {"name": self.name, "reason": self.reason}
 
 
 def _strip(name: str, prefixes: tuple[str, ...]) -> str:

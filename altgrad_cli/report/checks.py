@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from altgrad_cli.errors import UsageError
-from altgrad_cli.report.records import lookup
+from altgrad_cli.report.records import CheckResult, ChecksSection, lookup
 
 OPERATORS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le,
@@ -83,30 +83,6 @@ def parse_rule(text: str) -> Rule:
         baseline_op=bop,
         baseline_arg=float(barg) if barg is not None else 0.0,
     )
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """One rule on one tensor (or the summary) in one format."""
-
-    rule: str
-    target: str  # tensor name, or "summary"
-    format: str
-    value: float | None
-    threshold: float | None
-    status: str  # "pass", "fail" or "skip"
-    message: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "rule": self.rule,
-            "target": self.target,
-            "format": self.format,
-            "value": self.value,
-            "threshold": self.threshold,
-            "status": self.status,
-            "message": self.message,
-        }
 
 
 def _leaf_keys(record: dict[str, Any], prefix: str = "") -> list[str]:
@@ -194,12 +170,12 @@ def evaluate(
     return results
 
 
-def checks_section(rules: Sequence[Rule], results: Sequence[CheckResult]) -> dict[str, Any]:
-    """The `checks` section of the JSON report."""
+def checks_section(rules: Sequence[Rule], results: Sequence[CheckResult]) -> ChecksSection:
+    """The `checks` section of the report."""
     failed = [r for r in results if r.status == "fail"]
-    return {
-        "rules": [rule.text for rule in rules],
-        "passed": not failed,
-        "failures": len(failed),
-        "results": [r.to_dict() for r in results],
-    }
+    return ChecksSection(
+        rules=tuple(rule.text for rule in rules),
+        passed=not failed,
+        failures=len(failed),
+        results=tuple(results),
+    )

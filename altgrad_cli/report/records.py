@@ -1,13 +1,163 @@
-"""The report: frozen dataclasses that every renderer and check reads, and their JSON form."""
+"""The report's records: frozen dataclasses, the one vocabulary of every metric.
+
+The JSON form, the shipped JSON Schema (report/schema.py), the table/CSV/markdown columns and the
+`--fail-if` keys all come from these fields, so a metric is added here once and everything else
+follows (or a test fails). Nothing here imports torch: `altgrad check`, `schema` and the renderers
+work on saved reports without it.
+
+Field order is JSON key order. A field marked `FLAT` spills its record's keys into the parent (the
+per-layer JSON is flat: name, format, …, then the metrics), and `OMIT_NONE` leaves a key out
+instead of writing null.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from altgrad_cli.io.pairing import Skipped
+from altgrad_cli.report.serialize import from_json, lookup, to_json
 
 SCHEMA = "altgrad.report/1"
+
+FLAT = {"flatten": True}
+OMIT_NONE = {"omit_none": True}
+FRACTION = {"schema": {"minimum": 0, "maximum": 1}}
+COUNT = {"schema": {"minimum": 0}}
+
+
+def _meta(*parts: dict[str, Any]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for part in parts:
+        merged.update(part)
+    return merged
+
+
+# ----------------------------------------------------------------------------- metric groups
+
+
+@dataclass(frozen=True)
+class GridSteps:
+    """k = |c(after) − c(before)|: how far codes moved."""
+
+    mean: float
+    max: int = field(metadata=COUNT)
+    histogram: dict[str, int] = field(
+        metadata={"schema": {"propertyNames": {"enum": ["0", "1", "2", "3", "4-7", "8-15", "16+"]}}}
+    )
+
+
+@dataclass(frozen=True)
+class UlpStats:
+    """Storage ULPs stepped over by the update (exact ordinal distance in the checkpoint's dtype)."""
+
+    mean: float
+    median: int = field(metadata=COUNT)
+    max: int = field(metadata=COUNT)
+    zero_frac: float = field(metadata=FRACTION)
+
+
+@dataclass(frozen=True)
+class Stiffness:
+    """S, the grid step at each weight; the histogram counts floor(log2 S), plus `zero`."""
+
+    mean: float
+    min: float | None
+    max: float | None
+    histogram: dict[str, int]
+
+
+@dataclass(frozen=True)
+class GridAlignment:
+    """e = |before − Q(before)|: how far weights sit from the grid."""
+
+    mean: float
+    max: float
+    std: float
+    on_grid_frac: float = field(metadata=FRACTION)
+    rel_mean: float
+
+
+@dataclass(frozen=True)
+class GradStiffness:
+    """|grad| against S, over before ≠ 0 (only with --grads)."""
+
+    correlation: float = field(metadata={"schema": {"minimum": -1, "maximum": 1}})
+    ratio_mean: float
+    below_frac: float = field(metadata=FRACTION)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    flipped: int = field(metadata=COUNT)
+    not_flipped: int = field(metadata=COUNT)
+
+
+@dataclass(frozen=True)
+class PredictedVsActual:
+    """r = |Δ|/S ≥ ½ predicts a flip; how often the prediction held."""
+
+    predicted_flip: Outcome
+    predicted_stall: Outcome
+
+
+@dataclass(frozen=True)
+class UpdateStiffness:
+    ratio_mean: float
+    below_half_frac: float = field(metadata=FRACTION)
+    predicted_vs_actual: PredictedVsActual
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """SPEC §Metrics for one (tensor, format), or summed over tensors for the summary."""
+
+    numel: int = field(metadata=COUNT)
+    nonfinite: int = field(metadata=COUNT)
+    updates: int = field(metadata=COUNT)
+    update_source: Literal["grads", "delta"]
+    flips: int = field(metadata=COUNT)
+    flips_on_updates: int = field(metadata=COUNT)
+    flips_without_update: int = field(metadata=COUNT)
+    flip_rate: float = field(metadata=FRACTION)
+    stall_ratio: float = field(metadata=FRACTION)
+    grid_steps: GridSteps
+    ulp: UlpStats
+    stiffness: Stiffness
+    grid_alignment: GridAlignment
+    grad_stiffness: GradStiffness | None
+    update_stiffness: UpdateStiffness
+    overflow_frac: float = field(metadata=FRACTION)
+    underflow_frac: float = field(metadata=FRACTION)
+
+
+# ----------------------------------------------------------------------------- scales
+
+
+@dataclass(frozen=True)
+class SingleScale:
+    """One scale for the whole tensor (tensor, pow2, none)."""
+
+    mode: str
+    value: float
+
+
+@dataclass(frozen=True)
+class GroupScales:
+    """Many scales (channel, block): their spread, and the groups whose largest element clipped."""
+
+    mode: str
+    count: int = field(metadata=COUNT)
+    min: float | None
+    max: float | None
+    log2_histogram: dict[str, int]
+    clipped_frac: float = field(metadata=FRACTION)
+
+
+ScaleRecord = SingleScale | GroupScales
+
+# ----------------------------------------------------------------------------- the report
+
+Dtype = Literal["F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"]
 
 
 @dataclass(frozen=True)
@@ -16,20 +166,13 @@ class LayerRecord:
 
     name: str
     format: str
-    dtype: str
-    shape: tuple[int, ...]
-    scale: dict[str, Any]
-    metrics: dict[str, Any]
+    dtype: Dtype
+    shape: tuple[int, ...] = field(metadata={"schema": {"items": {"minimum": 0}}})
+    scale: ScaleRecord
+    metrics: Metrics = field(metadata=FLAT)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "format": self.format,
-            "dtype": self.dtype,
-            "shape": list(self.shape),
-            "scale": self.scale,
-            **self.metrics,
-        }
+        return to_json(self)
 
     def get(self, key: str) -> Any:
         """A dotted key (`stall_ratio`, `ulp.median`) of the record; KeyError if absent."""
@@ -37,55 +180,118 @@ class LayerRecord:
 
 
 @dataclass(frozen=True)
+class WorstRow:
+    name: str
+    stall_ratio: float = field(metadata=FRACTION)
+    updates: int = field(metadata=COUNT)
+    flips: int = field(metadata=COUNT)
+
+
+@dataclass(frozen=True)
 class SummaryRecord:
     """One format over every tensor: summed counts, ratios recomputed from the sums."""
 
     format: str
-    tensors: int
-    metrics: dict[str, Any]
-    worst: tuple[dict[str, Any], ...]
+    tensors: int = field(metadata=COUNT)
+    metrics: Metrics = field(metadata=FLAT)
+    worst: tuple[WorstRow, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": self.format,
-            "tensors": self.tensors,
-            **self.metrics,
-            "worst": list(self.worst),
-        }
+        return to_json(self)
 
     def get(self, key: str) -> Any:
         return lookup(self.to_dict(), key)
 
 
 @dataclass(frozen=True)
+class Inputs:
+    before: str
+    after: str
+    grads: str | None
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """The options that shaped the numbers, echoed so a saved report says how it was made."""
+
+    formats: tuple[str, ...]
+    scaling: str
+    rescale: bool
+    grad_eps: float
+    strip_prefix: tuple[str, ...]
+    include: str | None
+    exclude: str | None
+    chunk_size: int = field(metadata={"schema": {"minimum": 1}})
+
+
+@dataclass(frozen=True)
+class FormatInfo:
+    """A format's definition, as `altgrad formats` prints it."""
+
+    name: str
+    aliases: tuple[str, ...]
+    exponent_bits: int = field(metadata=COUNT)
+    mantissa_bits: int = field(metadata=COUNT)
+    bias: int | None
+    specials: Literal["ieee", "fn", "fnuz", "finite"]
+    max: float
+    min_normal: float | None
+    min_subnormal: float | None
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A tensor left out of the analysis, and why."""
+
+    name: str
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_json(self)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One rule on one tensor (or the summary) in one format."""
+
+    rule: str
+    target: str  # tensor name, or "summary"
+    format: str
+    value: float | None
+    threshold: float | None
+    status: Literal["pass", "fail", "skip"]
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_json(self)
+
+
+@dataclass(frozen=True)
+class ChecksSection:
+    rules: tuple[str, ...]
+    passed: bool
+    failures: int = field(metadata=COUNT)
+    results: tuple[CheckResult, ...]
+
+
+@dataclass(frozen=True)
 class Report:
-    inputs: dict[str, Any]
-    options: dict[str, Any]
-    formats: tuple[dict[str, Any], ...]
+    """Everything one `analyze` run found; renderers and checks read only this (or its JSON)."""
+
+    inputs: Inputs
+    options: ReportOptions
+    formats: tuple[FormatInfo, ...]
     layers: tuple[LayerRecord, ...]
     summary: tuple[SummaryRecord, ...]
     skipped: tuple[Skipped, ...]
-    checks: dict[str, Any] | None = field(default=None)
+    checks: ChecksSection | None = field(default=None, metadata=OMIT_NONE)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "schema": SCHEMA,
-            "inputs": self.inputs,
-            "options": self.options,
-            "formats": list(self.formats),
-            "layers": [layer.to_dict() for layer in self.layers],
-            "summary": [s.to_dict() for s in self.summary],
-            "skipped": [s.to_dict() for s in self.skipped],
-        }
-        if self.checks is not None:
-            out["checks"] = self.checks
-        return out
+        return {"schema": SCHEMA, **to_json(self)}
 
-
-def lookup(record: dict[str, Any], key: str) -> Any:
-    value: Any = record
-    for part in key.split("."):
-        if not isinstance(value, dict) or part not in value:
-            raise KeyError(key)
-        value = value[part]
-    return value
+    @classmethod
+    def from_dict(cls, data: Any) -> Report:
+        """A report from its JSON form (a saved `-o json`); ValueError when it is not one."""
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            raise ValueError(f"not an altgrad report (expected schema {SCHEMA!r})")
+        return from_json(cls, {k: v for k, v in data.items() if k != "schema"})

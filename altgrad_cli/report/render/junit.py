@@ -5,7 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
-from altgrad_cli.report.checks import CheckResult
+from altgrad_cli.report.records import CheckResult
 from altgrad_cli.report.render.columns import fmt_number
 
 

@@ -51,13 +51,13 @@ def _prediction_table(report: Report) -> Table:
     ]:
         table.add_column(column, justify="right")
     for s in report.summary:
-        pva = s.metrics["update_stiffness"]["predicted_vs_actual"]
+        pva = s.metrics.update_stiffness.predicted_vs_actual
         table.add_row(
             s.format,
             *[
-                fmt_number(pva[p][k])
-                for p in ("predicted_flip", "predicted_stall")
-                for k in ("flipped", "not_flipped")
+                fmt_number(count)
+                for outcome in (pva.predicted_flip, pva.predicted_stall)
+                for count in (outcome.flipped, outcome.not_flipped)
             ],
         )
     return table
@@ -66,7 +66,7 @@ def _prediction_table(report: Report) -> Table:
 def _stiffness_bars(report: Report) -> list[Table]:
     tables = []
     for s in report.summary:
-        hist = s.metrics["stiffness"]["histogram"]
+        hist = s.metrics.stiffness.histogram
         if not hist:
             continue
         peak = max(hist.values())
@@ -93,12 +93,12 @@ def _comparison(report: Report) -> Table:
         table.add_column(name, justify="right")
     by_name: dict[str, dict[str, float]] = {}
     for layer in report.layers:
-        by_name.setdefault(layer.name, {})[layer.format] = layer.metrics["stall_ratio"]
+        by_name.setdefault(layer.name, {})[layer.format] = layer.metrics.stall_ratio
     for name, row in by_name.items():
         table.add_row(name, *[fmt_number(row.get(f)) for f in formats])
     table.add_row(
         Text("all", style="bold"),
-        *[Text(fmt_number(s.metrics["stall_ratio"]), style="bold") for s in report.summary],
+        *[Text(fmt_number(s.metrics.stall_ratio), style="bold") for s in report.summary],
     )
     return table
 
@@ -107,7 +107,7 @@ def render_table(report: Report, console: Console) -> None:
     parts = [_metric_table("Stall and flips", report, STALL_COLUMNS)]
     parts.append(_metric_table("ULP movement and grid steps", report, ULP_COLUMNS))
     parts.append(_metric_table("Grid alignment of BEFORE", report, GRID_COLUMNS))
-    if report.inputs.get("grads") is not None:
+    if report.inputs.grads is not None:
         parts.append(_metric_table("Gradient and update vs stiffness S", report, GRAD_COLUMNS))
     else:
         parts.append(_metric_table("Update vs stiffness S", report, GRAD_COLUMNS[3:]))
@@ -125,10 +125,10 @@ def render_table(report: Report, console: Console) -> None:
     console.print(Group(*parts))
     for s in report.summary:
         console.print(
-            f"[bold]{s.format}[/bold]: {s.tensors} tensors, stall ratio {fmt_number(s.metrics['stall_ratio'])}, "
-            f"flips {s.metrics['flips']:,} of {s.metrics['updates']:,} updates"
+            f"[bold]{s.format}[/bold]: {s.tensors} tensors, stall ratio {fmt_number(s.metrics.stall_ratio)}, "
+            f"flips {s.metrics.flips:,} of {s.metrics.updates:,} updates"
             + (
-                f"; most stalled: {s.worst[0]['name']} ({fmt_number(s.worst[0]['stall_ratio'])})"
+                f"; most stalled: {s.worst[0].name} ({fmt_number(s.worst[0].stall_ratio)})"
                 if s.worst
                 else ""
             )
