@@ -33,6 +33,7 @@ from altgrad_cli.report.records import (
     SummaryRecord,
     WorstRow,
 )
+from altgrad_cli.report.serialize import from_json
 
 Progress = Callable[[int, int, str], None]
 """progress(done, total, name): called after each tensor; the CLI draws a bar with it."""
@@ -172,7 +173,7 @@ def analyze(
             exclude=exclude,
             chunk_size=chunk_size,
         ),
-        formats=tuple(FormatInfo(**f.to_dict()) for f in fmts),
+        formats=tuple(from_json(FormatInfo, f.to_dict()) for f in fmts),
         layers=tuple(layers),
         summary=tuple(summary),
         skipped=tuple(skipped),

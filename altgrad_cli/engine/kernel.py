@@ -31,7 +31,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from altgrad_cli.engine.stats import BinnedCounts, CoMoments, Counts, Mean, Moments, UlpHistogram
+from altgrad_cli.engine.stats import BinnedCounts, CoMoments, Counters, Mean, Moments, UlpHistogram
 from altgrad_cli.numerics.bits import F64, INT_OF_WIDTH, floor_log2, working_dtype
 from altgrad_cli.numerics.formats import Format
 from altgrad_cli.numerics.rounding import (
@@ -49,11 +49,39 @@ ScalePair = tuple[Tensor | None, Tensor | None]
 EXP_LOW, EXP_HIGH = -1100, 1100  # floor(log2 S) of any float64 stiffness lies in here
 
 
+@dataclass(slots=True)
+class TensorCounts(Counters):
+    """The format-independent counts of one tensor (or chunk)."""
+
+    numel: int = 0
+    n: int = 0  # elements finite on every side: the ones every statistic is over
+    nonfinite: int = 0
+    updates: int = 0
+
+
+@dataclass(slots=True)
+class FormatCounts(Counters):
+    """The counts of one (tensor, format)."""
+
+    flips: int = 0
+    flips_on_updates: int = 0
+    steps_sum: int = 0
+    on_grid: int = 0
+    overflow: int = 0
+    underflow: int = 0
+    stiffness_zero: int = 0  # before = 0: S undefined
+    pred_flip_flipped: int = 0
+    pred_flip_stalled: int = 0
+    pred_stall_flipped: int = 0
+    pred_stall_stalled: int = 0
+    grad_below: int = 0
+
+
 @dataclass
 class FormatAccumulator:
     """Everything one (tensor, format) record needs, mergeable."""
 
-    counts: Counts = field(default_factory=Counts)
+    counts: FormatCounts = field(default_factory=FormatCounts)
     grid_steps: BinnedCounts = field(default_factory=lambda: BinnedCounts.empty(0, 16))
     stiffness: Mean = field(default_factory=Mean)
     stiffness_hist: BinnedCounts = field(
@@ -125,13 +153,13 @@ def prepare_chunk(
     grad: Tensor | None,
     scales: Sequence[ScalePair],
     grad_eps: float,
-    counts: Counts,
+    counts: TensorCounts,
     ulp: UlpHistogram,
 ) -> tuple[Chunk, list[ScalePair]] | None:
     """The shared part of one chunk, and the scales flattened to match it (None when no element
     is finite). `counts` and `ulp` receive the format-independent counts and distances."""
     numel = before.numel()
-    counts.add("numel", numel)
+    counts.numel += numel
     if numel == 0:
         return None
     dtype = working_dtype(before.dtype)
@@ -149,8 +177,8 @@ def prepare_chunk(
         flat = [_flatten(s, before.shape, finite) for pair in scales for s in pair]
         ranges = _ranges(b, a, None) if b.numel() else [0.0] * 4
     n = b.numel()
-    counts.add("nonfinite", numel - n)
-    counts.add("n", n)
+    counts.nonfinite += numel - n
+    counts.n += n
     if n == 0:
         return None
     absmax_before, absmax_after = max(-ranges[0], ranges[1]), max(-ranges[2], ranges[3])
@@ -158,7 +186,7 @@ def prepare_chunk(
 
     abs_g = g.abs() if g is not None else None
     updated = abs_g > grad_eps if abs_g is not None else a != b
-    counts.add("updates", torch.count_nonzero(updated))
+    counts.updates += int(torch.count_nonzero(updated))
     n_nonzero = int(torch.count_nonzero(b))
     nonzero = b != 0 if n_nonzero < n else None
 
@@ -258,9 +286,9 @@ def update_format(
     code_a = encode_scaled(ya, fmt, saturate=top_a is None or top_a > fmt.max)
     wide = torch.int16 if code_b.dtype == torch.int8 else torch.int32
     steps = (code_a.to(wide) - code_b).abs_()
-    counts.add("overflow", _overflow_count(yb, fmt, top_b))
-    counts.add("underflow", chunk.n_nonzero - int(torch.count_nonzero(code_b)))
-    counts.add("stiffness_zero", n - chunk.n_nonzero)
+    counts.overflow += int(_overflow_count(yb, fmt, top_b))
+    counts.underflow += chunk.n_nonzero - int(torch.count_nonzero(code_b))
+    counts.stiffness_zero += n - chunk.n_nonzero
     s_value = 1.0 if s_before is None else (float(s_before) if s_before.dim() == 0 else None)
     plan = _one_scale_plan(fmt, s_value, yb.dtype)
 
@@ -272,16 +300,16 @@ def update_format(
         grid = decode_magnitude64(code_b.abs(), fmt).mul_(s_before.to(torch.float64))
         error = chunk.abs_before.sub(grid).abs_()
     acc.grid_error.update(error)
-    counts.add("on_grid", n - int(torch.count_nonzero(error)))
+    counts.on_grid += n - int(torch.count_nonzero(error))
 
     if plan is not None:
         _update_one_scale(acc, fmt, chunk, yb, steps, error, plan, s_value)
         return
     flips = int(torch.count_nonzero(steps))
     flipped = steps != 0 if flips else None
-    counts.add("flips", flips)
+    counts.flips += flips
     if flipped is not None:
-        counts.add("flips_on_updates", torch.count_nonzero(flipped & chunk.updated))
+        counts.flips_on_updates += int(torch.count_nonzero(flipped & chunk.updated))
     _add_grid_steps(acc, steps, flips)
     if chunk.n_nonzero == 0:
         return
@@ -333,7 +361,7 @@ def _update_one_scale(
     acc.steps_max = max(acc.steps_max, steps_max)
     if steps_max >= 16:  # the histogram clamps at 16; else the sum comes from it
         wide_enough = steps_max * n < 2**31
-        acc.counts.add("steps_sum", steps.sum(dtype=torch.int32 if wide_enough else torch.int64))
+        acc.counts.steps_sum += int(steps.sum(dtype=torch.int32 if wide_enough else torch.int64))
     # index = biased exponent · 128 + predicted flip · 64 + updated · 32 + min(steps, 16)
     index = (field >> 16).add_(steps.clamp_(max=16))
     index.add_(chunk.updated, alpha=32).add_(big, alpha=64)
@@ -343,12 +371,12 @@ def _update_one_scale(
     grid_steps = [sum(by_class[x][u][k] for x in (0, 1) for u in (0, 1)) for k in range(17)]
     acc.grid_steps.counts += torch.tensor(grid_steps)
     if steps_max < 16:
-        acc.counts.add("steps_sum", sum(k * c for k, c in enumerate(grid_steps)))
+        acc.counts.steps_sum += sum(k * c for k, c in enumerate(grid_steps))
     flips = n - grid_steps[0]
     n_big = sum(map(sum, by_class[1]))
     big_flipped = n_big - by_class[1][0][0] - by_class[1][1][0]
-    acc.counts.add("flips", flips)
-    acc.counts.add("flips_on_updates", sum(by_class[0][1][1:]) + sum(by_class[1][1][1:]))
+    acc.counts.flips += flips
+    acc.counts.flips_on_updates += sum(by_class[0][1][1:]) + sum(by_class[1][1][1:])
     exponent_bins = joint.sum(dim=(1, 2, 3))
     if zero is not None:  # zero weights: all in exponent bin 0 and predicted to flip
         zero_flips = int(torch.count_nonzero((steps != 0) & zero)) if flips else 0
@@ -369,7 +397,7 @@ def _add_grid_steps(acc: FormatAccumulator, steps: Tensor, flips: int) -> None:
         return
     steps_max = int(steps.max())
     acc.steps_max = max(acc.steps_max, steps_max)
-    acc.counts.add("steps_sum", steps.sum(dtype=torch.int64))
+    acc.counts.steps_sum += int(steps.sum(dtype=torch.int64))
     if steps_max == 1:
         acc.grid_steps.counts[:2] += torch.tensor([n - flips, flips])
     else:
@@ -513,10 +541,10 @@ def _add_stiffness_ratios(
     `moments` are S's mean and M2."""
     counts, n = acc.counts, chunk.n_nonzero
     mean_s, m2_s = moments
-    counts.add("pred_flip_flipped", big_flipped)
-    counts.add("pred_flip_stalled", n_big - big_flipped)
-    counts.add("pred_stall_flipped", flips - big_flipped)
-    counts.add("pred_stall_stalled", n - n_big - (flips - big_flipped))
+    counts.pred_flip_flipped += big_flipped
+    counts.pred_flip_stalled += n_big - big_flipped
+    counts.pred_stall_flipped += flips - big_flipped
+    counts.pred_stall_stalled += n - n_big - (flips - big_flipped)
     acc.update_ratio.merge(Mean(n, _sum_over_stiffness(inputs.twice_delta, stiff) / 2))
     acc.grid_rel.merge(Mean(n, _sum_over_stiffness(error, stiff)))
 
@@ -524,9 +552,9 @@ def _add_stiffness_ratios(
         return
     acc.grad_ratio.merge(Mean(n, _sum_over_stiffness(inputs.grad, stiff)))
     if stiff.values32 is not None:  # the same comparison on half the bytes: both sides exact
-        counts.add("grad_below", torch.count_nonzero(inputs.grad32 < stiff.values32))
+        counts.grad_below += int(torch.count_nonzero(inputs.grad32 < stiff.values32))
     else:
-        counts.add("grad_below", torch.count_nonzero(inputs.grad < stiff.values))
+        counts.grad_below += int(torch.count_nonzero(inputs.grad < stiff.values))
     # co-moment against the centred |grad|: sum(S·gc) - mean(S)·sum(gc), as sum(gc) ≈ 0
     if inputs.grad_centered is None or isinstance(stiff.values, float) or m2_s == 0.0:
         c_xy = 0.0

@@ -9,7 +9,7 @@ merged result equals the whole-tensor result up to float rounding, whatever the 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
@@ -157,21 +157,14 @@ class CoMoments:
         return max(-1.0, min(1.0, self.c_xy / denominator))
 
 
-@dataclass
-class Counts:
-    """Named exact integer counters."""
+@dataclass(slots=True)
+class Counters:
+    """Exact integer counters as the fields of a subclass (also `slots=True`), so a misspelt
+    counter is an AttributeError, never a silent 0; merge adds field by field."""
 
-    values: dict[str, int] = field(default_factory=dict)
-
-    def add(self, name: str, count: int | Tensor) -> None:
-        self.values[name] = self.values.get(name, 0) + int(count)
-
-    def merge(self, other: Counts) -> None:
-        for name, count in other.values.items():
-            self.add(name, count)
-
-    def __getitem__(self, name: str) -> int:
-        return self.values.get(name, 0)
+    def merge(self, other: Counters) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
 @dataclass

@@ -21,11 +21,12 @@ from altgrad_cli.engine.kernel import (
     EXP_LOW,
     FormatAccumulator,
     ScalePair,
+    TensorCounts,
     prepare_chunk,
     update_format,
 )
 from altgrad_cli.engine.parallel import ChunkPool, one_torch_thread, ordered_map
-from altgrad_cli.engine.stats import BinnedCounts, Counts, UlpHistogram, fold_grid_steps
+from altgrad_cli.engine.stats import BinnedCounts, UlpHistogram, fold_grid_steps
 from altgrad_cli.numerics.bits import floor_log2, working_dtype
 from altgrad_cli.numerics.formats import Format
 from altgrad_cli.numerics.layout import iter_chunks
@@ -57,7 +58,7 @@ class TensorAccumulator:
 
     formats: tuple[Format, ...]
     has_grads: bool
-    counts: Counts = field(default_factory=Counts)
+    counts: TensorCounts = field(default_factory=TensorCounts)
     ulp: UlpHistogram = field(default_factory=UlpHistogram)
     per_format: dict[str, FormatAccumulator] = field(default_factory=dict)
 
@@ -95,12 +96,12 @@ class TensorAccumulator:
     def _record(self, fmt: Format) -> Metrics:
         c, acc = self.counts, self.per_format[fmt.name]
         fc = acc.counts
-        numel, n = c["numel"], c["n"]
-        n_nonzero = n - fc["stiffness_zero"]
-        flips, on_updates, updates = fc["flips"], fc["flips_on_updates"], c["updates"]
+        numel, n = c.numel, c.n
+        n_nonzero = n - fc.stiffness_zero
+        flips, on_updates, updates = fc.flips, fc.flips_on_updates, c.updates
         stiffness_hist = acc.stiffness_hist.result()
-        if fc["stiffness_zero"]:
-            stiffness_hist["zero"] = fc["stiffness_zero"]
+        if fc.stiffness_zero:
+            stiffness_hist["zero"] = fc.stiffness_zero
         stiffness = acc.stiffness.result()
         grid_error = acc.grid_error.result()
         grad_stiffness = None
@@ -108,11 +109,11 @@ class TensorAccumulator:
             grad_stiffness = GradStiffness(
                 correlation=acc.grad.correlation(),
                 ratio_mean=acc.grad_ratio.result()["mean"],
-                below_frac=fc["grad_below"] / n_nonzero if n_nonzero else 0.0,
+                below_frac=fc.grad_below / n_nonzero if n_nonzero else 0.0,
             )
         return Metrics(
             numel=numel,
-            nonfinite=c["nonfinite"],
+            nonfinite=c.nonfinite,
             updates=updates,
             update_source="grads" if self.has_grads else "delta",
             flips=flips,
@@ -121,7 +122,7 @@ class TensorAccumulator:
             flip_rate=flips / numel if numel else 0.0,
             stall_ratio=compute_stall_ratio(on_updates, updates),
             grid_steps=GridSteps(
-                mean=fc["steps_sum"] / n if n else 0.0,
+                mean=fc.steps_sum / n if n else 0.0,
                 max=acc.steps_max,
                 histogram=fold_grid_steps(acc.grid_steps.counts),
             ),
@@ -136,22 +137,22 @@ class TensorAccumulator:
                 mean=grid_error["mean"],
                 max=grid_error["max"] if n else 0.0,
                 std=acc.grid_error.std,
-                on_grid_frac=fc["on_grid"] / n if n else 0.0,
+                on_grid_frac=fc.on_grid / n if n else 0.0,
                 rel_mean=acc.grid_rel.result()["mean"],
             ),
             grad_stiffness=grad_stiffness,
             update_stiffness=UpdateStiffness(
                 ratio_mean=acc.update_ratio.result()["mean"],
-                below_half_frac=(fc["pred_stall_flipped"] + fc["pred_stall_stalled"]) / n_nonzero
+                below_half_frac=(fc.pred_stall_flipped + fc.pred_stall_stalled) / n_nonzero
                 if n_nonzero
                 else 0.0,
                 predicted_vs_actual=PredictedVsActual(
-                    predicted_flip=Outcome(fc["pred_flip_flipped"], fc["pred_flip_stalled"]),
-                    predicted_stall=Outcome(fc["pred_stall_flipped"], fc["pred_stall_stalled"]),
+                    predicted_flip=Outcome(fc.pred_flip_flipped, fc.pred_flip_stalled),
+                    predicted_stall=Outcome(fc.pred_stall_flipped, fc.pred_stall_stalled),
                 ),
             ),
-            overflow_frac=fc["overflow"] / numel if numel else 0.0,
-            underflow_frac=fc["underflow"] / numel if numel else 0.0,
+            overflow_frac=fc.overflow / numel if numel else 0.0,
+            underflow_frac=fc.underflow / numel if numel else 0.0,
         )
 
 

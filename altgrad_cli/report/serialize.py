@@ -71,14 +71,15 @@ def from_json(hint: Any, value: Any, where: str = "report") -> Any:
     raise ValueError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r:.40}")
 
 
-def _record(record: type, value: Any, where: str) -> Any:
+def _record(record: type, value: Any, where: str, *, whole: bool = True) -> Any:
+    """`whole`: `value` holds this record's keys and no others (False for a flattened part)."""
     if not isinstance(value, dict):
         raise ValueError(f"{where}: expected an object")
     hints = typing.get_type_hints(record)
     kwargs, used = {}, set()
     for f in fields(record):
         if f.metadata.get("flatten"):
-            kwargs[f.name] = _record(hints[f.name], value, where)
+            kwargs[f.name] = _record(hints[f.name], value, where, whole=False)
             used |= _keys(hints[f.name])
         elif f.name in value:
             kwargs[f.name] = from_json(hints[f.name], value[f.name], f"{where}.{f.name}")
@@ -86,7 +87,7 @@ def _record(record: type, value: Any, where: str) -> Any:
         elif not f.metadata.get("omit_none"):
             raise ValueError(f"{where}: missing {f.name!r}")
     extra = set(value) - used
-    if extra:
+    if whole and extra:
         raise ValueError(f"{where}: unexpected key {sorted(extra)[0]!r}")
     return record(**kwargs)
 

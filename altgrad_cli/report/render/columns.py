@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from altgrad_cli.report.records import LayerRecord
+from altgrad_cli.report.records import LayerRecord, SummaryRecord
 
 # (header, dotted key) of the per-layer stall/flip view
 STALL_COLUMNS = [
@@ -48,11 +48,16 @@ CSV_KEYS = [key for _, key in STALL_COLUMNS + ULP_COLUMNS + GRID_COLUMNS + GRAD_
 ]
 
 
-def value(layer: LayerRecord | Any, key: str) -> Any:
-    try:
-        return layer.get(key)
-    except (KeyError, TypeError):
-        return None
+def value(record: LayerRecord | SummaryRecord, key: str) -> Any:
+    """The value at a dotted key; None inside an absent optional group (grad_stiffness without
+    --grads). An unknown key is a KeyError, not a blank cell: a test checks every column's key
+    against the records' fields."""
+    node: Any = record.to_dict()
+    for part in key.split("."):
+        if node is None:
+            return None
+        node = node[part]
+    return node
 
 
 def fmt_number(v: Any) -> str:
