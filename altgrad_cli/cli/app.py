@@ -314,9 +314,11 @@ def _finish_checks(results: list, junit: Path | None) -> None:
 def _sorted(report, key: str | None, top: int | None):
     layers = list(report.layers)
     if key is not None:
+        from altgrad_cli.report.records import LayerRecord
         from altgrad_cli.report.render.columns import value
+        from altgrad_cli.report.schema import field_paths
 
-        if layers and all(value(layer, key) is None for layer in layers):
+        if key not in field_paths(LayerRecord):
             raise UsageError(f"--sort {key!r}: no such metric in the layer records")
         layers.sort(
             key=lambda layer: (value(layer, key) is None, -(value(layer, key) or 0), layer.name)
