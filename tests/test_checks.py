@@ -173,7 +173,8 @@ def test_junit_case_by_case(report_dict, report_file, tmp_path):
         name = case.get("name").split(" :: ")[1]
         failure = case.find("failure")
         assert (failure is not None) == (stalls[name] > 0.7), name
-        props = {p.get("name"): p.get("value") for p in case.findall("./properties/property")}
+        assert case.find("properties") is None  # junit-10.xsd allows none inside a testcase
+        props = dict(item.split("=", 1) for item in case.find("system-out").text.split())
         assert float(props["value"]) == stalls[name] and float(props["threshold"]) == 0.7
         if failure is not None:
             assert repr(stalls[name]) in failure.get("message")
@@ -208,3 +209,55 @@ def test_analyze_fail_if_adds_checks_section(tmp_path):
     checks = json.loads(out.read_text())["checks"]
     assert checks["failures"] == 1 and checks["rules"] == ["stall_ratio > 0.95"]
     assert {r["target"] for r in checks["results"]} == {"norm.weight", "norm.bias"}
+
+
+JUNIT_XSD = Path(__file__).resolve().parents[2] / "shared" / "data" / "jenkins-junit-10.xsd"
+
+
+def _junit_with_every_status(tmp_path) -> Path:
+    from altgrad_cli.report.records import CheckResult
+    from altgrad_cli.report.render.junit import render_junit
+
+    results = [
+        CheckResult("stall_ratio > 0.5", "a.weight", "e4m3fn", 0.75, 0.5, "fail"),
+        CheckResult("stall_ratio > 0.5", "b.weight", "e4m3fn", 0.25, 0.5, "pass"),
+        CheckResult(
+            "flips < baseline", "c.weight", "e4m3fn", 3.0, None, "skip", "not in the baseline"
+        ),
+    ]
+    path = tmp_path / "junit.xml"
+    path.write_text(render_junit(results), encoding="utf-8")
+    return path
+
+
+def test_junit_validates_against_jenkins_xsd(tmp_path):
+    if not JUNIT_XSD.exists():
+        pytest.skip(f"the Jenkins junit-10.xsd is not at {JUNIT_XSD}")
+    lxml = pytest.importorskip("lxml.etree", reason="lxml validates the JUnit XML")
+    schema = lxml.XMLSchema(lxml.parse(str(JUNIT_XSD)))
+    doc = lxml.parse(str(_junit_with_every_status(tmp_path)))
+    assert schema.validate(doc), schema.error_log
+
+
+def test_junit_suite_attributes(tmp_path):
+    root = ET.parse(_junit_with_every_status(tmp_path)).getroot()
+    suite = root.find("testsuite")
+    for element in (root, suite):
+        assert element.get("tests") == "3" and element.get("failures") == "1"
+        assert element.get("errors") == "0" and element.get("time") == "0"
+    assert suite.get("skipped") == "1"
+    assert root.findall(".//testcase/properties") == []
+
+
+def test_step_summary_names_the_run_collapses_passes_and_caps_failures():
+    from altgrad_cli.report.records import CheckResult
+    from altgrad_cli.report.render.junit import render_step_summary
+
+    results = [CheckResult("flips > 0", f"t{i}", "e4m3fn", 1.0, 0.0, "fail") for i in range(25)]
+    results += [CheckResult("flips > 0", f"p{i}", "e4m3fn", 0.0, 0.0, "pass") for i in range(7)]
+    results += [CheckResult("flips > baseline", "s", "e4m3fn", 1.0, None, "skip", "absent")]
+    text = render_step_summary(results, "altgrad check run/report.json --fail-if 'flips > 0'")
+    assert text.startswith("### ❌ altgrad: 25 of 33 checks failed, 1 skipped")
+    assert "`altgrad check run/report.json --fail-if 'flips > 0'`" in text
+    assert "7 checks passed." in text and "| `flips > 0` | `p0`" not in text
+    assert text.count("| `flips > 0` | `t") == 20 and "and 5 more failing checks" in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shlex
 import sys
 from contextlib import contextmanager
 from dataclasses import replace
@@ -297,7 +298,7 @@ def _finish_checks(results: list, junit: Path | None) -> None:
     summary_path = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary_path and results:
         with open(summary_path, "a", encoding="utf-8") as handle:
-            handle.write(render_step_summary(results))
+            handle.write(render_step_summary(results, shlex.join(["altgrad", *sys.argv[1:]])))
     failed = [r for r in results if r.status == "fail"]
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     for r in failed:
@@ -306,7 +307,9 @@ def _finish_checks(results: list, junit: Path | None) -> None:
             markup=False,
         )
     if results:
-        err.print(f"altgrad: {len(failed)} of {len(results)} checks failed", markup=False)
+        skipped = sum(r.status == "skip" for r in results)
+        tail = f", {skipped} skipped" if skipped else ""
+        err.print(f"altgrad: {len(failed)} of {len(results)} checks failed{tail}", markup=False)
     if failed:
         raise typer.Exit(1)
 

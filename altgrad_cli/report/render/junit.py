@@ -10,22 +10,23 @@ from altgrad_cli.report.render.columns import fmt_number
 
 
 def render_junit(results: Sequence[CheckResult]) -> str:
+    """JUnit XML that validates against Jenkins' junit-10.xsd (the strictest common reader):
+    `errors` and `time` on the suites, and no `<properties>` inside a `<testcase>` (the value and
+    threshold go to the case's `<system-out>` instead)."""
     failures = sum(r.status == "fail" for r in results)
     skipped = sum(r.status == "skip" for r in results)
-    suites = ET.Element(
-        "testsuites", name="altgrad", tests=str(len(results)), failures=str(failures)
-    )
+    counts = {"tests": str(len(results)), "failures": str(failures), "errors": "0", "time": "0"}
+    suites = ET.Element("testsuites", name="altgrad", **counts)
     suite = ET.SubElement(
-        suites,
-        "testsuite",
-        name="altgrad checks",
-        tests=str(len(results)),
-        failures=str(failures),
-        skipped=str(skipped),
+        suites, "testsuite", name="altgrad checks", **counts, skipped=str(skipped)
     )
     for r in results:
         case = ET.SubElement(
-            suite, "testcase", classname=f"altgrad.{r.format}", name=f"{r.rule} :: {r.target}"
+            suite,
+            "testcase",
+            classname=f"altgrad.{r.format}",
+            name=f"{r.rule} :: {r.target}",
+            time="0",
         )
         if r.status == "fail":
             message = (
@@ -35,33 +36,38 @@ def render_junit(results: Sequence[CheckResult]) -> str:
             failure.text = message
         elif r.status == "skip":
             ET.SubElement(case, "skipped", message=r.message)
-        ET.SubElement(case, "properties")
-        props = case.find("properties")
-        for name, value in (("value", r.value), ("threshold", r.threshold), ("format", r.format)):
-            ET.SubElement(
-                props,
-                "property",
-                name=name,
-                value=""
-                if value is None
-                else repr(value)
-                if isinstance(value, float)
-                else str(value),
-            )
+        out = ET.SubElement(case, "system-out")
+        out.text = f"value={_text(r.value)} threshold={_text(r.threshold)} format={r.format}"
     ET.indent(suites)
     return (
         '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
     )
 
 
-def render_step_summary(results: Sequence[CheckResult]) -> str:
+def _text(value: float | None) -> str:
+    return "" if value is None else repr(value)
+
+
+MAX_SUMMARY_ROWS = 20
+
+
+def render_step_summary(results: Sequence[CheckResult], invocation: str) -> str:
+    """One Markdown block for GITHUB_STEP_SUMMARY per run: what ran on what, the passes in one
+    line, at most MAX_SUMMARY_ROWS failing rows, and the skipped checks counted."""
     failed = [r for r in results if r.status == "fail"]
+    skipped = sum(r.status == "skip" for r in results)
+    passed = len(results) - len(failed) - skipped
     head = "❌" if failed else "✅"
-    lines = [f"### {head} altgrad: {len(failed)} of {len(results)} checks failed", ""]
+    title = f"### {head} altgrad: {len(failed)} of {len(results)} checks failed"
+    if skipped:
+        title += f", {skipped} skipped"
+    lines = [title, "", f"`{invocation}`", "", f"{passed} checks passed."]
     if failed:
-        lines += ["| rule | tensor | format | value | threshold |", "|---|---|---|---|---|"]
+        lines += ["", "| rule | tensor | format | value | threshold |", "|---|---|---|---|---|"]
         lines += [
             f"| `{r.rule}` | `{r.target}` | {r.format} | {fmt_number(r.value)} | {fmt_number(r.threshold)} |"
-            for r in failed
+            for r in failed[:MAX_SUMMARY_ROWS]
         ]
+        if len(failed) > MAX_SUMMARY_ROWS:
+            lines += ["", f"… and {len(failed) - MAX_SUMMARY_ROWS} more failing checks."]
     return "\n".join(lines) + "\n\n"
