@@ -153,12 +153,19 @@ def test_debug_shows_the_traceback(tmp_path, good):
 
 
 def test_mismatches_and_integers_are_skipped_not_errors(tmp_path):
+    # one tensor pairs: a run where every tensor is skipped is an input error (below)
     save_file(
-        {"a": torch.ones(2), "i": torch.ones(2, dtype=torch.int32), "h": torch.ones(2)},
+        {
+            "ok": torch.ones(2),
+            "a": torch.ones(2),
+            "i": torch.ones(2, dtype=torch.int32),
+            "h": torch.ones(2),
+        },
         str(tmp_path / "b.safetensors"),
     )
     save_file(
         {
+            "ok": torch.ones(2),
             "a": torch.ones(3),
             "i": torch.ones(2, dtype=torch.int32),
             "h": torch.ones(2, dtype=torch.float16),
@@ -255,3 +262,30 @@ def test_fuzzed_checkpoints_never_crash(tmp_path_factory, edits, cut):
     bad.write_bytes(bytes(data))
     with contextlib.suppress(AltgradError):
         analyze(bad, good, grads=bad, formats=["e4m3fn", "E0M7"])
+
+
+def test_every_tensor_skipped_is_an_input_error(tmp_path):
+    before, after = tmp_path / "b.safetensors", tmp_path / "a.safetensors"
+    weights = {f"layer{i}.weight": torch.randn(4, 4) for i in range(3)}
+    save_file(weights, str(before))
+    save_file({k: v.to(torch.bfloat16) for k, v in weights.items()}, str(after))
+    result = run(before, after)
+    assert result.exit_code == 3, result.output
+    line = result.stderr.strip()
+    assert "\n" not in line and "all 3 tensors were skipped" in line
+    assert "3 of them: dtype mismatch: before F32, after BF16" in line
+
+
+def test_some_tensors_skipped_say_so_on_stderr(tmp_path):
+    before, after = tmp_path / "b.safetensors", tmp_path / "a.safetensors"
+    save_file(
+        {"w": torch.randn(4), "only_b": torch.randn(2), "step": torch.tensor([1])}, str(before)
+    )
+    save_file({"w": torch.randn(4), "step": torch.tensor([2])}, str(after))
+    result = run(before, after, "-o", "json")
+    assert result.exit_code == 0
+    assert (
+        "altgrad: 2 of 3 tensors skipped (1 only in before, 1 not a floating dtype)"
+        in result.stderr
+    )
+    json.loads(result.stdout)  # stdout stays clean JSON

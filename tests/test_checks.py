@@ -261,3 +261,23 @@ def test_step_summary_names_the_run_collapses_passes_and_caps_failures():
     assert "`altgrad check run/report.json --fail-if 'flips > 0'`" in text
     assert "7 checks passed." in text and "| `flips > 0` | `p0`" not in text
     assert text.count("| `flips > 0` | `t") == 20 and "and 5 more failing checks" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("--layer", "atention"), "matches no tensor"),
+        (("--layer", "nomatch"), "matches no tensor"),
+        (("-f", "E5M3"), "no format E5M3 in the report (it has e4m3fn"),
+    ],
+)
+def test_a_rule_that_selects_nothing_is_a_usage_error(report_file, args, expected):
+    result = check(report_file, "--fail-if", "stall_ratio > 0.9", *args)
+    assert result.exit_code == 2, result.output
+    assert "selects no record" in result.stderr and expected in result.stderr
+    assert "stall_ratio > 0.9" in result.stderr
+
+
+def test_a_typo_in_layer_gets_close_matches(report_file):
+    result = check(report_file, "--fail-if", "stall_ratio > 0.9", "--layer", "hiden.weight")
+    assert result.exit_code == 2 and "did you mean hidden.weight" in result.stderr

@@ -20,7 +20,7 @@ from altgrad_cli.engine.allocator import keep_freed_buffers
 from altgrad_cli.errors import AltgradError, InputError, UsageError
 from altgrad_cli.numerics.formats import registry
 from altgrad_cli.report.checks import checks_section, evaluate, parse_rule
-from altgrad_cli.report.records import SCHEMA, to_json
+from altgrad_cli.report.records import SCHEMA, skipped_summary, to_json
 
 app = typer.Typer(
     add_completion=False,
@@ -46,6 +46,10 @@ def _fail(error: AltgradError) -> None:
         raise typer.Exit(error.exit_code)
     Console(stderr=True, highlight=False).print(f"[red]error:[/red] {error}", soft_wrap=True)
     raise typer.Exit(error.exit_code)
+
+
+def _warn(line: str) -> None:
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"altgrad: {line}", markup=False)
 
 
 def _version(value: bool) -> None:
@@ -220,6 +224,8 @@ def analyze_command(
                 progress=progress,
                 threads=threads,
             )
+        if report.skipped:
+            _warn(skipped_summary(report.skipped, len({r.name for r in report.layers})))
         results = []
         if rules:
             results = evaluate(report.to_dict(), rules, baseline=baseline_report, layer=layer)

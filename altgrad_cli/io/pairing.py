@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 from altgrad_cli.errors import InputError, UsageError
@@ -99,4 +100,11 @@ def pair_tensors(
         raise InputError(before.path, f"no tensor names in common with {after.path}{hint}")
     if not pairs and not skipped:
         raise InputError(before.path, "nothing to compare: no tensors selected")
+    if not pairs:
+        reason, count = Counter(s.reason for s in skipped).most_common(1)[0]
+        raise InputError(
+            before.path,
+            f"nothing to compare: all {len(skipped)} tensors were skipped "
+            f"(commonest reason, {count} of them: {reason})",
+        )
     return pairs, skipped

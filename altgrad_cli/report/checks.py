@@ -6,6 +6,7 @@ is the same KEY for the same tensor and format in a baseline report. Pure: no pr
 
 from __future__ import annotations
 
+import difflib
 import operator
 import re
 from collections.abc import Callable, Sequence
@@ -148,6 +149,8 @@ def evaluate(
                 targets = [t for t in targets if layer_re.search(t[0])]
         if formats:
             targets = [t for t in targets if t[1] in formats]
+        if not targets:
+            raise UsageError(_selects_nothing(report, rule, layer, formats))
         for target, fmt, record in targets:
             value = _numeric(record, rule)
             if rule.uses_baseline:
@@ -168,6 +171,32 @@ def evaluate(
             status = "fail" if triggered else "pass"
             results.append(CheckResult(rule.text, target, fmt, value, threshold, status))
     return results
+
+
+def _selects_nothing(
+    report: dict[str, Any], rule: Rule, layer: str | None, formats: Sequence[str] | None
+) -> str:
+    """Why a rule checked nothing, and what it could have matched: a gate that checks nothing
+    must not pass."""
+    records = report.get("summary" if rule.summary else "layers", [])
+    names = sorted({r["name"] for r in report.get("layers", [])})
+    known = list(dict.fromkeys(r["format"] for r in records))
+    text = f"rule {rule.text!r} selects no record"
+    if not records:
+        return text + ": the report has none"
+    if formats and not set(formats) & set(known):
+        return text + f": no format {', '.join(formats)} in the report (it has {', '.join(known)})"
+    if layer is not None:
+        close = difflib.get_close_matches(layer, names, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else f" (tensors: {_few(names)})"
+        return text + f": --layer {layer!r} matches no tensor{hint}"
+    return text
+
+
+def _few(names: Sequence[str], limit: int = 5) -> str:
+    return ", ".join(names[:limit]) + (
+        f" and {len(names) - limit} more" if len(names) > limit else ""
+    )
 
 
 def checks_section(rules: Sequence[Rule], results: Sequence[CheckResult]) -> ChecksSection:

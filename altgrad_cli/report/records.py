@@ -12,6 +12,8 @@ instead of writing null.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -248,6 +250,14 @@ class Skipped:
 
     def to_dict(self) -> dict[str, Any]:
         return to_json(self)
+
+
+def skipped_summary(skipped: Sequence[Skipped], analysed: int) -> str:
+    """One line for stderr: how many tensors were left out, and why, commonest reason first."""
+    kinds = Counter(s.reason.split(":")[0].split(" (")[0] for s in skipped)
+    reasons = ", ".join(f"{count} {kind}" for kind, count in kinds.most_common())
+    total = len(skipped) + analysed
+    return f"{len(skipped)} of {total} tensors skipped ({reasons}); the report lists each"
 
 
 @dataclass(frozen=True)
