@@ -148,15 +148,17 @@ def analyze(
             total.merge(result.accumulator)
     summary = []
     for fmt, (name, metrics) in zip(fmts, total.results().items(), strict=True):
-        own = sorted(
-            (r for r in layers if r.format == name),
+        own = [r for r in layers if r.format == name]
+        updated = sorted(
+            (r for r in own if r.metrics.updates),  # no update, no stall ratio
             key=lambda r: (-r.metrics.stall_ratio, r.name),
         )
         worst_rows = tuple(
             WorstRow(r.name, r.metrics.stall_ratio, r.metrics.updates, r.metrics.flips)
-            for r in own[:worst]
+            for r in updated[:worst]
         )
-        summary.append(SummaryRecord(fmt.name, len(pairs), metrics, worst_rows))
+        idle = len(own) - len(updated)
+        summary.append(SummaryRecord(fmt.name, len(pairs), idle, metrics, worst_rows))
     return Report(
         inputs=Inputs(
             before=str(before),

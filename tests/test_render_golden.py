@@ -52,7 +52,14 @@ def _metrics(updates: int, flips: int, on_updates: int, numel: int) -> Metrics:
                 "max": 3,
                 "histogram": {"0": 2, "1": 1, "2": 0, "3": 1, "4-7": 0, "8-15": 0, "16+": 0},
             },
-            "ulp": {"mean": 1234.5, "median": 1000, "max": 5000, "zero_frac": 0.25},
+            "ulp": {
+                "mean": 1234.5,
+                "median": 1000,
+                "max": 5000,
+                "zero_frac": 0.25,
+                "sign_changes": 0,
+                "mean_same_sign": 1234.5,
+            },
             "stiffness": {
                 "mean": 0.0078125,
                 "min": 0.00390625,
@@ -96,12 +103,14 @@ def report() -> Report:
         SummaryRecord(
             "e4m3fn",
             2,
+            0,
             _metrics(8, 1, 1, 8),
             (WorstRow("norm.weight", 1.0, 4, 0),),
         ),
         SummaryRecord(
             "E0M7",
             2,
+            0,
             _metrics(8, 5, 5, 8),
             (WorstRow("norm.weight", 0.5, 4, 2),),
         ),

@@ -115,9 +115,11 @@ def _render(report, output: Output, width: int | None = None) -> str:
         return csv_out.render_csv(report)
     if output is Output.markdown:
         return markdown.render_markdown(report)
-    from altgrad_cli.report.render.table import render_table
+    from altgrad_cli.report.render.table import console_width, render_table
 
-    console = Console(record=True, width=width or 120, file=io.StringIO(), color_system=None)
+    console = Console(
+        record=True, width=width or console_width(), file=io.StringIO(), color_system=None
+    )
     render_table(report, console)
     return console.export_text()
 

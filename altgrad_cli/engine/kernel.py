@@ -182,7 +182,7 @@ def prepare_chunk(
     if n == 0:
         return None
     absmax_before, absmax_after = max(-ranges[0], ranges[1]), max(-ranges[2], ranges[3])
-    ulp.update(ulp_distances(raw_b, raw_a, max(absmax_before, absmax_after)))
+    ulp.update(*ulp_distances(raw_b, raw_a, max(absmax_before, absmax_after)))
 
     abs_g = g.abs() if g is not None else None
     updated = abs_g > grad_eps if abs_g is not None else a != b
@@ -242,8 +242,9 @@ def _centered(x: Tensor) -> tuple[Tensor | None, float, float]:
     return centered, mean, float(torch.dot(centered, centered))
 
 
-def ulp_distances(before: Tensor, after: Tensor, absmax: float) -> Tensor:
-    """|ord(after) - ord(before)| in the storage dtype's own ordinals (±0 both 0).
+def ulp_distances(before: Tensor, after: Tensor, absmax: float) -> tuple[Tensor, Tensor | None]:
+    """|ord(after) - ord(before)| in the storage dtype's own ordinals (±0 both 0), and the mask of
+    sign changes (both sides non-zero, opposite signs; None when there is none).
 
     Storage floats are sign-magnitude: where both signs agree the distance is the difference of
     the raw patterns (the sign bits cancel), and where they differ it is the sum of the two
@@ -258,14 +259,17 @@ def ulp_distances(before: Tensor, after: Tensor, absmax: float) -> Tensor:
     bits_a = after.view(INT_OF_WIDTH[width]).to(wide)
     distance = (bits_a - bits_b).abs_()
     signs = bits_a ^ bits_b  # negative where the signs differ
-    if int(signs.min()) < 0:
-        crossed = signs < 0
-        mask = (1 << (8 * width - 1)) - 1
-        across = (bits_a & mask).add_(bits_b & mask)
-        if width == 8 and not small:  # wrapped past 2^63 - 1
-            across.masked_fill_(across < 0, 2**63 - 1)
-        distance = torch.where(crossed, across, distance)
-    return distance
+    if int(signs.min()) >= 0:
+        return distance, None
+    crossed = signs < 0
+    mask = (1 << (8 * width - 1)) - 1
+    mag_a, mag_b = bits_a & mask, bits_b & mask
+    across = mag_a + mag_b
+    if width == 8 and not small:  # wrapped past 2^63 - 1
+        across.masked_fill_(across < 0, 2**63 - 1)
+    distance = torch.where(crossed, across, distance)
+    crossed &= (mag_a != 0) & (mag_b != 0)  # from or to ±0 is no change of sign
+    return distance, crossed
 
 
 def update_format(

@@ -230,6 +230,8 @@ class UlpHistogram:
         self.n = 0
         self.total = 0
         self.max = 0
+        self.sign_changes = 0
+        self.sign_change_total = 0
 
     @property
     def zeros(self) -> int:
@@ -239,26 +241,29 @@ class UlpHistogram:
         bits = torch.tensor(index << self._SHIFT, dtype=torch.int32)
         return int(bits.view(torch.float32).item())
 
-    def update(self, d: Tensor) -> None:
-        """d: non-negative integer distances, any integer dtype."""
+    def update(self, d: Tensor, sign_changed: Tensor | None = None) -> None:
+        """d: non-negative integer distances, any integer dtype; `sign_changed`: the elements that
+        crossed zero (their distances are the sum of two magnitudes, kept apart in the mean)."""
         if d.numel() == 0:
             return
         d = d.reshape(-1)
         bins = d.to(torch.float32).view(torch.int32) >> self._SHIFT
         self.counts += torch.bincount(bins, minlength=self._BINS)
         self.n += d.numel()
-        largest = int(d.max())
-        if largest * d.numel() < 2**63:  # the int64 sum cannot wrap
-            self.total += int(d.sum(dtype=torch.int64))
-        else:  # float64 storage far across zero: distances near 2^63, summed in float64
-            self.total += round(float(d.sum(dtype=torch.float64)))
-        self.max = max(self.max, largest)
+        self.total += _exact_sum(d)
+        self.max = max(self.max, int(d.max()))
+        if sign_changed is not None:
+            crossings = d[sign_changed.reshape(-1)]
+            self.sign_changes += crossings.numel()
+            self.sign_change_total += _exact_sum(crossings) if crossings.numel() else 0
 
     def merge(self, other: UlpHistogram) -> None:
         self.counts += other.counts
         self.n += other.n
         self.total += other.total
         self.max = max(self.max, other.max)
+        self.sign_changes += other.sign_changes
+        self.sign_change_total += other.sign_change_total
 
     def median(self) -> int:
         if self.n == 0:
@@ -267,10 +272,23 @@ class UlpHistogram:
         index = int(torch.searchsorted(torch.cumsum(self.counts, 0), torch.tensor(rank)))
         return min(max(self._lower_edge(index), 0), self.max)
 
-    def result(self) -> dict[str, float | int]:
+    def result(self) -> dict[str, float | int | None]:
+        same_sign = self.n - self.sign_changes
         return {
             "mean": self.total / self.n if self.n else 0.0,
             "median": self.median(),
             "max": self.max,
             "zero_frac": self.zeros / self.n if self.n else 0.0,
+            "sign_changes": self.sign_changes,
+            "mean_same_sign": (self.total - self.sign_change_total) / same_sign
+            if same_sign
+            else None,
         }
+
+
+def _exact_sum(d: Tensor) -> int:
+    """The sum of non-negative integer distances, exact unless it would pass 2^63 (float64
+    storage far across zero), where it is summed in float64."""
+    if int(d.max()) * d.numel() < 2**63:  # the int64 sum cannot wrap
+        return int(d.sum(dtype=torch.int64))
+    return round(float(d.sum(dtype=torch.float64)))

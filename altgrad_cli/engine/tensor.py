@@ -108,7 +108,7 @@ class TensorAccumulator:
         if self.has_grads:
             grad_stiffness = GradStiffness(
                 correlation=acc.grad.correlation(),
-                ratio_mean=acc.grad_ratio.result()["mean"],
+                ratio_mean=acc.grad_ratio.mean if n_nonzero else None,
                 below_frac=fc.grad_below / n_nonzero if n_nonzero else 0.0,
             )
         return Metrics(
@@ -128,7 +128,7 @@ class TensorAccumulator:
             ),
             ulp=UlpStats(**self.ulp.result()),
             stiffness=Stiffness(
-                mean=stiffness["mean"],
+                mean=stiffness["mean"] if n_nonzero else None,
                 min=stiffness["min"],
                 max=stiffness["max"],
                 histogram=stiffness_hist,
@@ -138,11 +138,11 @@ class TensorAccumulator:
                 max=grid_error["max"] if n else 0.0,
                 std=acc.grid_error.std,
                 on_grid_frac=fc.on_grid / n if n else 0.0,
-                rel_mean=acc.grid_rel.result()["mean"],
+                rel_mean=acc.grid_rel.mean if n_nonzero else None,
             ),
             grad_stiffness=grad_stiffness,
             update_stiffness=UpdateStiffness(
-                ratio_mean=acc.update_ratio.result()["mean"],
+                ratio_mean=acc.update_ratio.mean if n_nonzero else None,
                 below_half_frac=(fc.pred_stall_flipped + fc.pred_stall_stalled) / n_nonzero
                 if n_nonzero
                 else 0.0,

@@ -56,13 +56,16 @@ class UlpStats:
     median: int = field(metadata=COUNT)
     max: int = field(metadata=COUNT)
     zero_frac: float = field(metadata=FRACTION)
+    sign_changes: int = field(metadata=COUNT)  # crossings of zero: each spans two magnitudes
+    mean_same_sign: float | None  # the mean without them; None when every element crossed
 
 
 @dataclass(frozen=True)
 class Stiffness:
-    """S, the grid step at each weight; the histogram counts floor(log2 S), plus `zero`."""
+    """S, the grid step at each weight; the histogram counts floor(log2 S), plus `zero`.
+    S is undefined at before = 0, so its statistics are null when every weight is zero."""
 
-    mean: float
+    mean: float | None
     min: float | None
     max: float | None
     histogram: dict[str, int]
@@ -76,7 +79,7 @@ class GridAlignment:
     max: float
     std: float
     on_grid_frac: float = field(metadata=FRACTION)
-    rel_mean: float
+    rel_mean: float | None  # mean(e / S) over before ≠ 0
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ class GradStiffness:
     """|grad| against S, over before ≠ 0 (only with --grads)."""
 
     correlation: float = field(metadata={"schema": {"minimum": -1, "maximum": 1}})
-    ratio_mean: float
+    ratio_mean: float | None
     below_frac: float = field(metadata=FRACTION)
 
 
@@ -104,7 +107,7 @@ class PredictedVsActual:
 
 @dataclass(frozen=True)
 class UpdateStiffness:
-    ratio_mean: float
+    ratio_mean: float | None
     below_half_frac: float = field(metadata=FRACTION)
     predicted_vs_actual: PredictedVsActual
 
@@ -195,6 +198,7 @@ class SummaryRecord:
 
     format: str
     tensors: int = field(metadata=COUNT)
+    no_update_tensors: int = field(metadata=COUNT)  # no stall ratio: left out of `worst`
     metrics: Metrics = field(metadata=FLAT)
     worst: tuple[WorstRow, ...]
 

@@ -2,42 +2,71 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
 from altgrad_cli.report.records import LayerRecord, SummaryRecord
 
-# (header, dotted key) of the per-layer stall/flip view
+# (header, dotted key) of each view, most important first: a narrow terminal drops columns from
+# the right of each list (see table.py). ULPs are a property of the storage dtype, not of the
+# format, so their view has one row per tensor.
 STALL_COLUMNS = [
+    ("stall ratio", "stall_ratio"),
     ("updates", "updates"),
     ("flips", "flips"),
-    ("flips w/o update", "flips_without_update"),
     ("flip rate", "flip_rate"),
-    ("stall ratio", "stall_ratio"),
-]
-ULP_COLUMNS = [
-    ("ulp mean", "ulp.mean"),
-    ("ulp median", "ulp.median"),
-    ("ulp max", "ulp.max"),
-    ("ulp zero", "ulp.zero_frac"),
     ("steps mean", "grid_steps.mean"),
+    ("flips w/o update", "flips_without_update"),
     ("steps max", "grid_steps.max"),
 ]
+ULP_COLUMNS = [
+    ("mean*", "ulp.mean_same_sign"),
+    ("median", "ulp.median"),
+    ("sign changes", "ulp.sign_changes"),
+    ("max", "ulp.max"),
+    ("zero", "ulp.zero_frac"),
+]
 GRID_COLUMNS = [
-    ("err mean", "grid_alignment.mean"),
-    ("err max", "grid_alignment.max"),
     ("on grid", "grid_alignment.on_grid_frac"),
     ("err/S", "grid_alignment.rel_mean"),
+    ("err mean", "grid_alignment.mean"),
     ("overflow", "overflow_frac"),
     ("underflow", "underflow_frac"),
+    ("err max", "grid_alignment.max"),
 ]
 GRAD_COLUMNS = [
-    ("corr(S,|g|)", "grad_stiffness.correlation"),
-    ("|g|/S", "grad_stiffness.ratio_mean"),
-    ("|g|<S", "grad_stiffness.below_frac"),
-    ("|Δ|/S", "update_stiffness.ratio_mean"),
     ("|Δ|<S/2", "update_stiffness.below_half_frac"),
+    ("|Δ|/S", "update_stiffness.ratio_mean"),
+    ("corr(S,|g|)", "grad_stiffness.correlation"),
+    ("|g|<S", "grad_stiffness.below_frac"),
+    ("|g|/S", "grad_stiffness.ratio_mean"),
 ]
-CSV_KEYS = [key for _, key in STALL_COLUMNS + ULP_COLUMNS + GRID_COLUMNS + GRAD_COLUMNS] + [
+CSV_KEYS = [
+    "updates",
+    "flips",
+    "flips_without_update",
+    "flip_rate",
+    "stall_ratio",
+    "ulp.mean",
+    "ulp.median",
+    "ulp.max",
+    "ulp.zero_frac",
+    "ulp.sign_changes",
+    "ulp.mean_same_sign",
+    "grid_steps.mean",
+    "grid_steps.max",
+    "grid_alignment.mean",
+    "grid_alignment.max",
+    "grid_alignment.on_grid_frac",
+    "grid_alignment.rel_mean",
+    "overflow_frac",
+    "underflow_frac",
+    "grad_stiffness.correlation",
+    "grad_stiffness.ratio_mean",
+    "grad_stiffness.below_frac",
+    "update_stiffness.ratio_mean",
+    "update_stiffness.below_half_frac",
     "numel",
     "nonfinite",
     "flips_on_updates",
@@ -61,15 +90,35 @@ def value(record: LayerRecord | SummaryRecord, key: str) -> Any:
 
 
 def fmt_number(v: Any) -> str:
-    """Short, stable text for a number in a table cell."""
-    if v is None:
-        return "–"
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, int):
-        return f"{v:,}"
-    if v == 0:
-        return "0"
-    if abs(v) >= 1e5 or abs(v) < 1e-3:
-        return f"{v:.3g}"
-    return f"{v:.4f}".rstrip("0").rstrip(".") if abs(v) < 1 else f"{v:.4g}"
+    """Short, stable text for one number on its own (a sentence, a step summary)."""
+    return fmt_column([v])[0]
+
+
+def fmt_column(values: Sequence[Any]) -> list[str]:
+    """One style for every number of a column, so magnitudes compare at a glance: integers with
+    thousands separators; floats fixed-point to four significant digits of the largest (whole
+    numbers with separators from 1000 up), or all in scientific notation when any non-zero one
+    is below 1e-3, where fixed-point would print a misleading 0. None is "–"."""
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    floats = [abs(v) for v in numbers if isinstance(v, float) and v != 0 and math.isfinite(v)]
+    scientific = any(v < 1e-3 for v in floats)
+    decimals = 0
+    if floats and not scientific:
+        decimals = min(4, max(0, 3 - math.floor(math.log10(max(floats)))))
+    out = []
+    for v in values:
+        if v is None:
+            out.append("–")
+        elif isinstance(v, bool):
+            out.append(str(v).lower())
+        elif isinstance(v, int):
+            out.append(f"{v:,}")
+        elif v == 0:
+            out.append("0")
+        elif not math.isfinite(v):
+            out.append(str(v))
+        elif scientific:
+            out.append(f"{v:.3e}")
+        else:
+            out.append(f"{v:,.{decimals}f}")
+    return out

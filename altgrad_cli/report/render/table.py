@@ -1,64 +1,164 @@
-"""Rich tables for people: stall/flip, ULP and grid steps, grid alignment, gradient/update stiffness,
-stiffness histograms as bar charts, and a layer × format comparison when several formats ran."""
+"""Rich tables for people: stall/flip, storage ULPs, grid alignment, gradient/update stiffness,
+stiffness histograms as bar charts, and a layer × format comparison when several formats ran.
+
+Every table fits the console's width: tensor names are shortened from the left ("…" keeps the
+distinctive tail, the full name stays in JSON/CSV), then columns drop from the right of their
+list in columns.py (most important first), and no cell ever wraps.
+"""
 
 from __future__ import annotations
+
+import os
+from collections.abc import Sequence
 
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from altgrad_cli.report.records import Report
+from altgrad_cli.report.records import LayerRecord, Report, SummaryRecord
 from altgrad_cli.report.render.columns import (
     GRAD_COLUMNS,
     GRID_COLUMNS,
     STALL_COLUMNS,
     ULP_COLUMNS,
+    fmt_column,
     fmt_number,
     value,
 )
 
 BAR_WIDTH = 30
+NAME_FLOOR = 20  # tensor names shrink to this before any column is dropped
+NAME_MIN = 12  # ... and to this when even one metric column would not fit
+NOT_TERMINAL_WIDTH = 120
 
 
-def _metric_table(title: str, report: Report, columns: list[tuple[str, str]]) -> Table:
-    """Per-tensor rows, then the per-format summary rows below a rule."""
-    table = Table(title=title, title_justify="left", show_footer=False)
-    table.add_column("tensor", overflow="fold")
-    table.add_column("format")
-    for header, _ in columns:
-        table.add_column(header, justify="right")
-    last = len(report.layers) - 1
-    for i, layer in enumerate(report.layers):
-        cells = [fmt_number(value(layer, k)) for _, k in columns]
-        table.add_row(layer.name, layer.format, *cells, end_section=i == last)
-    for s in report.summary:
+def console_width() -> int:
+    """The terminal's width (COLUMNS honoured); 120 when writing to a pipe or file with no COLUMNS."""
+    console = Console()
+    if console.is_terminal or os.environ.get("COLUMNS"):
+        return console.width
+    return NOT_TERMINAL_WIDTH
+
+
+def shorten(name: str, width: int) -> str:
+    """The name in at most `width` characters, cut from the left: the tail tells tensors apart."""
+    return name if len(name) <= width else "…" + name[len(name) - width + 1 :]
+
+
+def _fit(
+    title: str,
+    labels: list[list[str]],
+    label_headers: list[str],
+    columns: Sequence[str],
+    cells: list[list[str]],
+    width: int,
+    *,
+    bold_from: int | None = None,
+    caption: str | None = None,
+) -> Table:
+    """A table of label columns (the first one shrinkable) and metric columns that fits `width`."""
+
+    def need(name_width: int, kept: int) -> int:
+        widths = [name_width] + [
+            max(len(h), *(len(r[i]) for r in labels)) for i, h in enumerate(label_headers) if i
+        ]
+        widths += [max(len(columns[j]), *(len(r[j]) for r in cells)) for j in range(kept)]
+        return sum(w + 3 for w in widths) + 1
+
+    natural = max(len(label_headers[0]), *(len(r[0]) for r in labels))
+    name_width, kept = natural, len(columns)
+    if need(name_width, kept) > width:
+        name_width = max(min(natural, NAME_FLOOR), natural - (need(name_width, kept) - width))
+    while kept > 1 and need(name_width, kept) > width:
+        kept -= 1
+    if need(name_width, kept) > width:
+        name_width = max(NAME_MIN, name_width - (need(name_width, kept) - width))
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    for header in label_headers:
+        table.add_column(header, no_wrap=True)
+    for header in columns[:kept]:
+        table.add_column(header, justify="right", no_wrap=True)
+    for i, (label, row) in enumerate(zip(labels, cells, strict=True)):
+        style = "bold" if bold_from is not None and i >= bold_from else ""
+        texts = [shorten(label[0], name_width), *label[1:], *row[:kept]]
         table.add_row(
-            Text(f"all {s.tensors} tensors", style="bold"),
-            Text(s.format, style="bold"),
-            *[Text(fmt_number(value(s, k)), style="bold") for _, k in columns],
+            *[Text(t, style=style) for t in texts],
+            end_section=bold_from is not None and i == bold_from - 1,
         )
     return table
 
 
+def _column_cells(
+    records: Sequence[LayerRecord | SummaryRecord], keys: Sequence[str]
+) -> list[list[str]]:
+    """Cells row by row, each column formatted in one style."""
+    by_column = [fmt_column([value(r, key) for r in records]) for key in keys]
+    return [list(row) for row in zip(*by_column, strict=True)] if keys else [[] for _ in records]
+
+
+def _no_updates(records: Sequence[LayerRecord | SummaryRecord], cells: list[list[str]]) -> None:
+    """A stall ratio is not defined without updates: say so instead of printing 0."""
+    for record, row in zip(records, cells, strict=True):
+        if record.metrics.updates == 0:
+            row[0] = "no updates"
+
+
+def _metric_table(title: str, report: Report, columns: list[tuple[str, str]], width: int) -> Table:
+    """Per-(tensor, format) rows, then the per-format summary rows below a rule."""
+    records: list[LayerRecord | SummaryRecord] = [*report.layers, *report.summary]
+    cells = _column_cells(records, [key for _, key in columns])
+    if columns is STALL_COLUMNS:
+        _no_updates(records, cells)
+    labels = [[layer.name, layer.format] for layer in report.layers]
+    labels += [[f"all {s.tensors} tensors", s.format] for s in report.summary]
+    return _fit(
+        title,
+        labels,
+        ["tensor", "format"],
+        [h for h, _ in columns],
+        cells,
+        width,
+        bold_from=len(report.layers),
+    )
+
+
+def _ulp_table(report: Report, width: int) -> Table:
+    """Storage ULPs depend on the checkpoint's dtype, not on the format: one row per tensor."""
+    firsts = list({layer.name: layer for layer in reversed(report.layers)}.values())[::-1]
+    records: list[LayerRecord | SummaryRecord] = [*firsts, *report.summary[:1]]
+    cells = _column_cells(records, [key for _, key in ULP_COLUMNS])
+    labels = [[layer.name] for layer in firsts]
+    labels += [[f"all {s.tensors} tensors"] for s in report.summary[:1]]
+    return _fit(
+        "Storage ULPs moved, per tensor",
+        labels,
+        ["tensor"],
+        [h for h, _ in ULP_COLUMNS],
+        cells,
+        width,
+        bold_from=len(firsts),
+        caption="* mean without sign changes: an element that crossed zero moved across two "
+        "magnitudes; those are counted apart.",
+    )
+
+
 def _prediction_table(report: Report) -> Table:
     table = Table(title="Predicted (|Δ| ≥ S/2) vs actual flips, all tensors", title_justify="left")
-    for column in [
-        "format",
-        "predicted flip: flipped",
-        "predicted flip: stalled",
-        "predicted stall: flipped",
-        "predicted stall: stalled",
-    ]:
+    table.add_column("format", no_wrap=True)
+    for column in ["flip: flipped", "flip: stalled", "stall: flipped", "stall: stalled"]:
         table.add_column(column, justify="right")
     for s in report.summary:
         pva = s.metrics.update_stiffness.predicted_vs_actual
         table.add_row(
             s.format,
-            *[
-                fmt_number(count)
-                for outcome in (pva.predicted_flip, pva.predicted_stall)
-                for count in (outcome.flipped, outcome.not_flipped)
-            ],
+            *fmt_column(
+                [
+                    pva.predicted_flip.flipped,
+                    pva.predicted_flip.not_flipped,
+                    pva.predicted_stall.flipped,
+                    pva.predicted_stall.not_flipped,
+                ]
+            ),
         )
     return table
 
@@ -78,58 +178,86 @@ def _stiffness_bars(report: Report) -> list[Table]:
         table.add_column("log2 S", justify="right")
         table.add_column("count", justify="right")
         table.add_column("")
-        for key, count in hist.items():
+        for (key, count), text in zip(hist.items(), fmt_column(list(hist.values())), strict=True):
             bar = "█" * max(1, round(BAR_WIDTH * count / peak)) if count else ""
-            table.add_row(key, f"{count:,}", Text(bar, style="cyan"))
+            table.add_row(key, text, Text(bar, style="cyan"))
         tables.append(table)
     return tables
 
 
-def _comparison(report: Report) -> Table:
+def _comparison(report: Report, width: int) -> Table:
     formats = [s.format for s in report.summary]
-    table = Table(title="Stall ratio by format", title_justify="left")
-    table.add_column("tensor", overflow="fold")
-    for name in formats:
-        table.add_column(name, justify="right")
-    by_name: dict[str, dict[str, float]] = {}
+    by_name: dict[str, dict[str, LayerRecord]] = {}
     for layer in report.layers:
-        by_name.setdefault(layer.name, {})[layer.format] = layer.metrics.stall_ratio
-    for name, row in by_name.items():
-        table.add_row(name, *[fmt_number(row.get(f)) for f in formats])
-    table.add_row(
-        Text("all", style="bold"),
-        *[Text(fmt_number(s.metrics.stall_ratio), style="bold") for s in report.summary],
+        by_name.setdefault(layer.name, {})[layer.format] = layer
+    names = list(by_name)
+    columns = []
+    for fmt in formats:
+        column = fmt_column(
+            [row[fmt].metrics.stall_ratio if fmt in row else None for row in by_name.values()]
+            + [next(s.metrics.stall_ratio for s in report.summary if s.format == fmt)]
+        )
+        for i, row in enumerate(by_name.values()):
+            if fmt in row and row[fmt].metrics.updates == 0:
+                column[i] = "no updates"
+        columns.append(column)
+    cells = [list(row) for row in zip(*columns, strict=True)]
+    return _fit(
+        "Stall ratio by format",
+        [[n] for n in names] + [["all"]],
+        ["tensor"],
+        formats,
+        cells,
+        width,
+        bold_from=len(names),
     )
+
+
+def _skipped(report: Report, width: int) -> Table:
+    table = Table(title="Skipped", title_justify="left")
+    table.add_column("tensor", no_wrap=True)
+    table.add_column("reason", overflow="fold")
+    for s in report.skipped:
+        table.add_row(shorten(s.name, max(NAME_MIN, width // 3)), s.reason)
     return table
 
 
+def summary_line(s: SummaryRecord, width: int) -> Text:
+    """One sentence per format: the stall ratio over every updated element, and where it is worst."""
+    line = Text()
+    line.append(s.format, style="bold")
+    tensors = f"{s.tensors} tensors"
+    if s.no_update_tensors:
+        tensors += f" ({s.no_update_tensors} without updates)"
+    if s.metrics.updates == 0:
+        line.append(f": {tensors}, no updates")
+        return line
+    line.append(
+        f": {tensors}, stall ratio {fmt_number(s.metrics.stall_ratio)}, "
+        f"flips {s.metrics.flips:,} of {s.metrics.updates:,} updates"
+    )
+    if s.worst:
+        name = shorten(s.worst[0].name, max(NAME_MIN, width // 2))
+        line.append(f"; most stalled: {name} ({fmt_number(s.worst[0].stall_ratio)})")
+    return line
+
+
 def render_table(report: Report, console: Console) -> None:
-    parts = [_metric_table("Stall and flips", report, STALL_COLUMNS)]
-    parts.append(_metric_table("ULP movement and grid steps", report, ULP_COLUMNS))
-    parts.append(_metric_table("Grid alignment of BEFORE", report, GRID_COLUMNS))
+    width = console.width
+    parts: list[Table] = [_metric_table("Stall and flips", report, STALL_COLUMNS, width)]
+    parts.append(_ulp_table(report, width))
+    parts.append(_metric_table("Grid alignment of BEFORE", report, GRID_COLUMNS, width))
     if report.inputs.grads is not None:
-        parts.append(_metric_table("Gradient and update vs stiffness S", report, GRAD_COLUMNS))
+        title, columns = "Gradient and update vs stiffness S", GRAD_COLUMNS
     else:
-        parts.append(_metric_table("Update vs stiffness S", report, GRAD_COLUMNS[3:]))
+        title, columns = "Update vs stiffness S", GRAD_COLUMNS[:2]
+    parts.append(_metric_table(title, report, columns, width))
     parts.append(_prediction_table(report))
     parts.extend(_stiffness_bars(report))
     if len(report.summary) > 1:
-        parts.append(_comparison(report))
+        parts.append(_comparison(report, width))
     if report.skipped:
-        skipped = Table(title="Skipped", title_justify="left")
-        skipped.add_column("tensor")
-        skipped.add_column("reason")
-        for s in report.skipped:
-            skipped.add_row(s.name, s.reason)
-        parts.append(skipped)
+        parts.append(_skipped(report, width))
     console.print(Group(*parts))
     for s in report.summary:
-        console.print(
-            f"[bold]{s.format}[/bold]: {s.tensors} tensors, stall ratio {fmt_number(s.metrics.stall_ratio)}, "
-            f"flips {s.metrics.flips:,} of {s.metrics.updates:,} updates"
-            + (
-                f"; most stalled: {s.worst[0].name} ({fmt_number(s.worst[0].stall_ratio)})"
-                if s.worst
-                else ""
-            )
-        )
+        console.print(summary_line(s, width))
