@@ -79,7 +79,7 @@ def grid_alignment_error(weights: Tensor, format: Format | str, scale: ScaleLike
     s = _per_element(_as_scale(scale, weights), w)
     y = w if s is None else w / s
     code = encode_scaled(y.reshape(-1), fmt)
-    s_flat = None if s is None or s.dim() == 0 else s.reshape(-1)
+    s_flat = s if s is None or s.dim() == 0 else s.expand(w.shape).reshape(-1)
     error = grid_alignment_errors(w.reshape(-1).abs().to(torch.float64), code, fmt, s_flat)
     error = error.reshape(w.shape)
     return torch.where(torch.isfinite(y), error, torch.full_like(error, math.nan))
