@@ -9,8 +9,8 @@ functions have no CLI counterpart, so they are the kernel's per-element primitiv
 (`stiffness_powers`, `grid_alignment_errors`, `ulp_distances`) applied to the whole tensor: a
 second implementation that could drift from the CLI is what this module must not be.
 
-The statistics run on the CPU (CUDA tensors are copied there, chunk by chunk); the per-element
-functions run where their inputs are.
+The statistics run on the CPU, where the accumulators live (tensors elsewhere are copied there
+first); the per-element functions run on their inputs' device.
 """
 
 from __future__ import annotations
