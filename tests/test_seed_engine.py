@@ -336,3 +336,15 @@ def test_mixed_storage_dtypes_compare_in_the_wider_one():
     b = torch.tensor([1.0, 2.0], dtype=torch.bfloat16)
     a = torch.tensor([1.0 + 2**-23, 2.0])
     assert compute_ulp_distance(b, a).tolist() == [1.0, 0.0]  # float32 ULPs
+
+
+def test_the_seeds_int_m_is_the_engines_s_where_no_clamp_bites(step):
+    # e8m3:ieee covers every normal float32 exponent, so its clamp never bites on these weights: the
+    # seed's unclamped int-M path and the engine's format path must agree
+    w, g = step[0]["bf16.weight"].float(), step[2]["bf16.weight"].float()
+    assert torch.equal(compute_stiffness_field(w, 3), compute_stiffness_field(w, "e8m3:ieee"))
+    by_int = gradient_stiffness_correlation(w, g, 3)
+    by_format = gradient_stiffness_correlation(w, g, "e8m3:ieee")
+    assert by_int["grad_below_stiffness_frac"] == by_format["grad_below_stiffness_frac"]
+    for key in ("grad_stiff_correlation", "grad_stiff_ratio_mean"):
+        assert by_int[key] == pytest.approx(by_format[key], rel=1e-9)
