@@ -22,11 +22,12 @@ from torch import Tensor
 
 from altgrad_cli.engine.kernel import grid_alignment_errors, stiffness_powers, ulp_distances
 from altgrad_cli.engine.stats import CoMoments
-from altgrad_cli.engine.tensor import DEFAULT_CHUNK, TensorAccumulator, accumulate_scaled
+from altgrad_cli.engine.tensor import DEFAULT_CHUNK, accumulate_scaled
 from altgrad_cli.numerics.bits import exp2_int, floor_log2, working_dtype
 from altgrad_cli.numerics.formats import Format, get_format
 from altgrad_cli.numerics.rounding import encode_scaled
 from altgrad_cli.numerics.scaling import Scale, Scaling
+from altgrad_cli.report.records import Metrics
 
 ScaleLike = Scale | Tensor | float | None
 """A `Scale` from `compute_scale` (the CLI's), a tensor broadcastable to the weights, a number, or
@@ -97,12 +98,12 @@ def grid_alignment_statistics(
     fmt = get_format(format)
     w = _cpu(weights)
     scale_pair = (_as_scale(scale, w),) * 2
-    grid = _record(w, w, None, fmt, scale_pair)["grid_alignment"]
+    grid = _record(w, w, None, fmt, scale_pair).grid_alignment
     return {
-        "grid_error_mean": grid["mean"],
-        "grid_error_max": grid["max"],
-        "grid_error_std": grid["std"],
-        "on_grid_frac": grid["on_grid_frac"],
+        "grid_error_mean": grid.mean,
+        "grid_error_max": grid.max,
+        "grid_error_std": grid.std,
+        "on_grid_frac": grid.on_grid_frac,
     }
 
 
@@ -179,12 +180,9 @@ def gradient_stiffness_correlation(
     w, g = _cpu(weights), _cpu(gradients)
     if isinstance(spec, Format):
         unit = (_as_scale(None, w),) * 2
-        record = _record(w, w, g, spec, unit)["grad_stiffness"]
-        correlation, ratio_mean, below = (
-            record["correlation"],
-            record["ratio_mean"],
-            record["below_frac"],
-        )
+        record = _record(w, w, g, spec, unit).grad_stiffness
+        assert record is not None  # there are grads
+        correlation, ratio_mean, below = record.correlation, record.ratio_mean, record.below_frac
     else:
         correlation, ratio_mean, below = _seed_grad_stiffness(w, g, spec)
     return {
@@ -219,10 +217,9 @@ def _seed_grad_stiffness(w: Tensor, g: Tensor, m: int) -> tuple[float, float, fl
 
 def _record(
     before: Tensor, after: Tensor, grad: Tensor | None, fmt: Format, scales: tuple[Scale, Scale]
-) -> dict:
+) -> Metrics:
     """The CLI's record of one tensor and one format under the given scales."""
-    acc: TensorAccumulator = accumulate_scaled(before, after, grad, (fmt,), (scales,))
-    return acc.results()[fmt.name]
+    return accumulate_scaled(before, after, grad, (fmt,), (scales,)).results()[fmt.name]
 
 
 def _cpu(x: Tensor) -> Tensor:
