@@ -272,6 +272,28 @@ def ulp_distances(before: Tensor, after: Tensor, absmax: float) -> tuple[Tensor,
     return distance, crossed
 
 
+def grid_alignment_errors(abs_x: Tensor, code: Tensor, fmt: Format, s: Tensor | None) -> Tensor:
+    """e = | |x| - s·|R(x/s)| | per element, in float64 and exact: a grid value has at most 24
+    significant bits and a float32 scale 24, so s·grid is exact in float64, and so is the
+    difference. `abs_x` is |x| in float64, `code` the codes of x/s, `s` None (1), 0-d or one
+    value per element. Public so the seed's per-element `grid_alignment_error` is this code."""
+    if s is None or s.dim() == 0:  # |x| - raw·factor in one pass (the product is exact)
+        raw, factor = decode_magnitude64_parts(code.abs(), fmt, 1.0 if s is None else float(s))
+        return torch.add(abs_x, raw, alpha=-factor).abs_()
+    grid = decode_magnitude64(code.abs(), fmt).mul_(s.to(torch.float64))
+    return abs_x.sub(grid).abs_()
+
+
+def stiffness_powers(y: Tensor, fmt: Format) -> Tensor:
+    """P = 2^(clamp(floor(log2 |y|), emin, emax) - M) per element of y = x / s, as float64 (exact;
+    2^-M for fixed point), so the stiffness is S = s·P; meaningless where y is 0 or not finite.
+    The kernel's own exponent helpers, public so the seed's `compute_stiffness_field` is them."""
+    low_exp = fmt.emin - fmt.mantissa_bits  # log2 P in bin 0 (emin is 0 for fixed point)
+    if fmt.is_fixed_point:
+        return torch.full(y.shape, 2.0**low_exp, dtype=torch.float64, device=y.device)
+    return _power_of_two(_exponent_index(y, fmt), low_exp)
+
+
 def update_format(
     acc: FormatAccumulator,
     fmt: Format,
@@ -296,13 +318,7 @@ def update_format(
     s_value = 1.0 if s_before is None else (float(s_before) if s_before.dim() == 0 else None)
     plan = _one_scale_plan(fmt, s_value, yb.dtype)
 
-    # grid alignment: e = | |b| - s·|R(b/s)| |, exact in float64
-    if s_value is not None:  # |b| - raw·factor in one pass (the product is exact)
-        raw, factor = decode_magnitude64_parts(code_b.abs(), fmt, s_value)
-        error = torch.add(chunk.abs_before, raw, alpha=-factor).abs_()
-    else:
-        grid = decode_magnitude64(code_b.abs(), fmt).mul_(s_before.to(torch.float64))
-        error = chunk.abs_before.sub(grid).abs_()
+    error = grid_alignment_errors(chunk.abs_before, code_b, fmt, s_before)
     acc.grid_error.update(error)
     counts.on_grid += n - int(torch.count_nonzero(error))
 

@@ -238,11 +238,38 @@ def accumulate_tensor(
         s_before = scale_from_amax(amax_before, fmt, scaling, shape, dtype)
         s_after = scale_from_amax(amax_after, fmt, scaling, shape, dtype) if rescale else s_before
         scale_pairs.append((s_before, s_after))
-    view = scale_pairs[0][0].view_shape() if formats else (1, before.numel())
-    rows, cols = view
+    acc = accumulate_scaled(
+        before, after, grad, formats, scale_pairs, grad_eps=grad_eps, chunk=chunk, pool=pool
+    )
+    scales = {
+        fmt.name: scale_summary(pair[0], fmt)
+        for fmt, pair in zip(formats, scale_pairs, strict=True)
+    }
+    return acc, scales
+
+
+def accumulate_scaled(
+    before: Tensor,
+    after: Tensor,
+    grad: Tensor | None,
+    formats: Sequence[Format],
+    scale_pairs: Sequence[tuple[Scale, Scale]],
+    *,
+    grad_eps: float = DEFAULT_GRAD_EPS,
+    chunk: int = DEFAULT_CHUNK,
+    pool: ChunkPool | None = None,
+) -> TensorAccumulator:
+    """The accumulator of one tensor under scales already known: per format, the (BEFORE, AFTER)
+    `Scale` pair, all of one scaling (it sets the chunk layout). `accumulate_tensor` computes
+    the scales and comes here; the seed functions, whose callers hand them a scale, come here
+    too, so they run the CLI's chunks, kernel and merge order and get its numbers to the bit."""
+    formats = tuple(formats)
+    dtype = working_dtype(before.dtype)
+    layout = scale_pairs[0][0] if scale_pairs else None
+    rows, cols = layout.view_shape() if layout is not None else (1, before.numel())
     b2, a2 = before.reshape(rows, cols), after.reshape(rows, cols)
     g2 = grad.reshape(rows, cols) if grad is not None else None
-    align = scaling.block if scaling.mode == "block" else 1
+    align = layout.scaling.block if layout is not None and layout.scaling.mode == "block" else 1
 
     def one_chunk(bounds: tuple[int, int, int, int]) -> TensorAccumulator:
         r0, r1, c0, c1 = bounds
@@ -264,8 +291,4 @@ def accumulate_tensor(
     with one_torch_thread():  # per-chunk sums that do not depend on the machine's core count
         for part in ordered_map(one_chunk, iter_chunks(rows, cols, chunk, align), pool):
             acc.merge(part)
-    scales = {
-        fmt.name: scale_summary(pair[0], fmt)
-        for fmt, pair in zip(formats, scale_pairs, strict=True)
-    }
-    return acc, scales
+    return acc
