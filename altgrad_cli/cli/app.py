@@ -91,6 +91,7 @@ class Output(str, Enum):
     jsonl = "jsonl"
     csv = "csv"
     markdown = "markdown"
+    html = "html"
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -115,6 +116,10 @@ def _render(report, output: Output, width: int | None = None) -> str:
         return csv_out.render_csv(report)
     if output is Output.markdown:
         return markdown.render_markdown(report)
+    if output is Output.html:
+        from altgrad_cli.report.render.html import render_html
+
+        return render_html(report.to_dict())
     from altgrad_cli.report.render.table import render_table
 
     console = Console(record=True, width=width or 120, file=io.StringIO(), color_system=None)
@@ -173,7 +178,7 @@ def analyze_command(
         str | None, typer.Option(help="Leave out tensors whose name matches this regex.")
     ] = None,
     output: Annotated[
-        Output, typer.Option("--output", "-o", help="table | json | jsonl | csv | markdown")
+        Output, typer.Option("--output", "-o", help="table | json | jsonl | csv | markdown | html")
     ] = Output.table,
     out: Annotated[
         Path | None,
@@ -273,6 +278,41 @@ def check_command(
         if output is Output.json:
             sys.stdout.write(json.dumps(to_json(checks_section(rules, results)), indent=2) + "\n")
         _finish_checks(results, junit)
+    except AltgradError as error:
+        if debug:
+            raise
+        _fail(error)
+
+
+@app.command("render")
+def render_command(
+    report_path: Annotated[
+        Path, typer.Argument(metavar="REPORT.json", help="A report written by `-o json`.")
+    ],
+    output: Annotated[
+        Output, typer.Option("--output", "-o", help="table | json | jsonl | csv | markdown | html")
+    ] = Output.table,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Write the rendering here (atomically) instead of stdout."),
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Render a saved JSON report in any output format (e.g. a CI artifact as HTML)."""
+    from altgrad_cli.report.loading import read_report_json, report_from_dict
+
+    try:
+        data = read_report_json(report_path)
+        if output is Output.html:
+            from altgrad_cli.report.render.html import render_html
+
+            text = render_html(data)
+        else:
+            text = _render(report_from_dict(data, report_path), output)
+        if out is not None:
+            _write_atomic(out, text)
+        else:
+            sys.stdout.write(text)
     except AltgradError as error:
         if debug:
             raise
