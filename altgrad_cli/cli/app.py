@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from altgrad_cli.engine.allocator import keep_freed_buffers
 from altgrad_cli.errors import AltgradError, InputError, UsageError
@@ -41,10 +42,12 @@ def _fail(error: AltgradError) -> None:
         raise error
     if isinstance(error, UsageError):
         Console(stderr=True, highlight=False).print(
-            f"[red]usage error:[/red] {error}", soft_wrap=True
+            f"[red]usage error:[/red] {escape(str(error))}", soft_wrap=True
         )
         raise typer.Exit(error.exit_code)
-    Console(stderr=True, highlight=False).print(f"[red]error:[/red] {error}", soft_wrap=True)
+    Console(stderr=True, highlight=False).print(
+        f"[red]error:[/red] {escape(str(error))}", soft_wrap=True
+    )
     raise typer.Exit(error.exit_code)
 
 

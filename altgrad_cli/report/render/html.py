@@ -161,8 +161,14 @@ def _num(v: Any) -> str:
 
 
 def _json(value: Any) -> str:
-    """JSON for inside a <script>: strict (no NaN) and unable to close the script element."""
-    return json.dumps(value, allow_nan=False, separators=(",", ":")).replace("</", "<\\/")
+    """JSON for inside a <script>: strict (no NaN), with no `<` that could end the element."""
+    return json.dumps(value, allow_nan=False, separators=(",", ":")).replace("<", "\\u003c")
+
+
+def _label(text: str) -> str:
+    """A tensor or recipe name as a plot label: plotly reads a few HTML tags in labels, and a
+    name from a checkpoint is data, so its angle brackets become entities plotly displays."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 class _Page:
@@ -359,7 +365,7 @@ class _Page:
                 {
                     "type": "bar",
                     "name": header,
-                    "x": [str(s.get("format")) for s in self.summary],
+                    "x": [_label(str(s.get("format"))) for s in self.summary],
                     "y": [get(s, key) for s in self.summary],
                     "hovertemplate": f"%{{x}}<br>{header} %{{y:.4f}}<extra></extra>",
                 }
@@ -427,8 +433,8 @@ class _Page:
         trace: dict[str, Any] = {
             "type": "heatmap",
             "z": z,
-            "x": self.recipes,
-            "y": self.layer_order,
+            "x": [_label(r) for r in self.recipes],
+            "y": [_label(n) for n in self.layer_order],
             "zmin": 0,
             "colorscale": colorscale,
             "xgap": 1,
@@ -449,7 +455,9 @@ class _Page:
             ),
         }
         if key == "stall_ratio":
-            trace["zmax"] = 1  # a ratio in [0, 1]: the same colour means the same stall in any report
+            trace["zmax"] = (
+                1  # a ratio in [0, 1]: the same colour means the same stall in any report
+            )
         if hover_extra:
             trace["customdata"] = custom
         if small:
@@ -526,12 +534,12 @@ class _Page:
         total = sum(counts)
         return {
             "type": "bar",
-            "name": recipe,
+            "name": _label(recipe),
             "x": labels,
             "y": [c / total if total else 0 for c in counts],
             "customdata": counts,
             "marker": {"color": self.color(recipe)},
-            "hovertemplate": f"{_e(recipe)}<br>%{{x}}: %{{customdata:,}} (%{{y:.2%}})<extra></extra>",
+            "hovertemplate": f"{_label(recipe)}<br>%{{x}}: %{{customdata:,}} (%{{y:.2%}})<extra></extra>",
         }
 
     def blocks(self) -> str:
@@ -640,11 +648,11 @@ class _Page:
                 {
                     "type": "scatter",
                     "mode": "lines+markers",
-                    "name": recipe,
+                    "name": _label(recipe),
                     "x": list(range(1, len(per_step) + 1)),
                     "y": per_step,
                     "line": {"color": self.color(recipe)},
-                    "hovertemplate": f"{_e(recipe)}<br>step %{{x}}: %{{y:,}} flips<extra></extra>",
+                    "hovertemplate": f"{_label(recipe)}<br>step %{{x}}: %{{y:,}} flips<extra></extra>",
                 }
             )
         xaxis: dict[str, Any] = {"title": {"text": "step t (c_t vs c_t−1)"}, "gridcolor": "#eee"}
@@ -711,7 +719,7 @@ class _Page:
                     "type": "heatmap",
                     "z": z,
                     "x": list(range(1, steps + 1)),
-                    "y": names,
+                    "y": [_label(n) for n in names],
                     "colorscale": HEAT,
                     "zmin": 0,
                     "colorbar": {"title": {"text": label}, "thickness": 12},
