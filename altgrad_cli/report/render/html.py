@@ -234,7 +234,15 @@ class _Page:
         return f'<div class="{cls}" id="{div_id}" style="height:{height}px"></div>'
 
     def plot_script(self) -> str:
-        lines = [f"var altgradConfig = {_json(PLOT_CONFIG)};"]
+        lines = [
+            f"var altgradConfig = {_json(PLOT_CONFIG)};",
+            # printing lays the page out narrower: redraw each plot to the paper's width
+            'window.addEventListener("beforeprint", function () {',
+            '  document.querySelectorAll(".js-plotly-plot").forEach(function (d) {',
+            "    Plotly.Plots.resize(d);",
+            "  });",
+            "});",
+        ]
         for div_id, fig in self.figures:
             lines.append(
                 f'Plotly.newPlot("{div_id}", {_json(fig["data"])}, {_json(fig["layout"])}, '
@@ -292,7 +300,14 @@ class _Page:
         checks = r.get("checks")
         if isinstance(checks, dict) and "passed" in checks:
             ok = bool(checks.get("passed"))
-            text = "checks pass" if ok else f"{_e(checks.get('failures', '?'))} checks fail"
+            failures = checks.get("failures")
+            text = (
+                "checks pass"
+                if ok
+                else "1 check fails"
+                if failures == 1
+                else f"{_e(failures)} checks fail"
+            )
             badge = f' <a href="#checks" class="badge {"pass" if ok else "fail"}">{text}</a>'
         title = "altgrad trajectory" if self.is_trajectory else "altgrad report"
         return (
@@ -357,7 +372,7 @@ class _Page:
                 f'<span class="dot" style="background:{self.color(str(r.get("format")))}"></span>{_e(r.get("format"))}'
             ),
             sortable=False,
-            best={"stall_ratio": min, "flip_rate": max, "overflow_frac": min},
+            best={"stall_ratio": min, "overflow_frac": min, "underflow_frac": min},
         )
         bars = []
         for header, key, _ in columns[:2]:
@@ -374,7 +389,7 @@ class _Page:
             bars,
             {
                 "barmode": "group",
-                "height": 300,
+                "height": 250,
                 "yaxis": {"title": {"text": "share"}, "rangemode": "tozero", "gridcolor": "#eee"},
                 "legend": {"orientation": "h", "y": 1.12},
                 "colorway": ["#d62728", "#1f77b4"],
@@ -382,98 +397,130 @@ class _Page:
         )
         return (
             '<section id="whatif"><h2>What-if: the recipes side by side</h2>'
-            '<p class="note">The same step under each recipe; the best value of a column is '
-            "bold where lower or higher is plainly better.</p>"
+            '<p class="note">The same step under each recipe; the lowest stall ratio, overflow '
+            "and underflow are bold.</p>"
             f"{table}{fig}</section>"
         )
 
     def heatmap(self) -> str:
         if not self.layers or self.is_trajectory:
             return ""
-        figs = []
-        for key, label, colors in (
-            ("stall_ratio", "stall ratio", HEAT),
-            ("flip_rate", "flip rate", MOVE),
-        ):
-            if _present(self.layers, key):
-                figs.append(self._layer_recipe_map(key, label, colorscale=colors))
-        if not figs:
+        maps = [
+            (key, label, colors)
+            for key, label, colors in (
+                ("stall_ratio", "stall ratio", HEAT),
+                ("flip_rate", "flip rate", MOVE),
+            )
+            if _present(self.layers, key)
+        ]
+        if not maps:
             return ""
         return (
             '<section id="heatmap"><h2>Layer × recipe</h2>'
             '<p class="note">Tensors ordered worst first (highest stall ratio in any recipe). '
             "Hover a cell for its numbers.</p>"
-            f'<div class="grid2">{"".join(figs)}</div></section>'
+            f"{self._layer_recipe_map(maps)}</section>"
         )
 
     def _layer_recipe_map(
-        self, key: str, label: str, hover_extra: bool = True, colorscale: list[Any] = HEAT
+        self, maps: list[tuple[str, str, list[Any]]], hover_extra: bool = True
     ) -> str:
+        """Heat maps of layer × recipe side by side in one figure, sharing the layer axis."""
         cells: dict[tuple[str, str], Record] = {
             (str(r.get("name")), str(r.get("format"))): r for r in self.layers
         }
-        z, custom = [], []
-        for name in self.layer_order:
-            zrow, crow = [], []
-            for recipe in self.recipes:
-                r = cells.get((name, recipe))
-                v = get(r, key) if r else None
-                zrow.append(v if isinstance(v, (int, float)) else None)
-                crow.append(
-                    [
-                        _count(get(r, "flips") if r else None),
-                        _count(get(r, "updates") if r else None),
-                        _count(get(r, "numel") if r else None),
-                    ]
-                )
-            z.append(zrow)
-            custom.append(crow)
+        custom = [
+            [
+                [_count(get(cells.get((name, recipe)), k)) for k in ("flips", "updates", "numel")]
+                for recipe in self.recipes
+            ]
+            for name in self.layer_order
+        ]
         n = len(self.layer_order)
         small = n * len(self.recipes) <= 240
-        trace: dict[str, Any] = {
-            "type": "heatmap",
-            "z": z,
-            "x": [_label(r) for r in self.recipes],
-            "y": [_label(n) for n in self.layer_order],
-            "zmin": 0,
-            "colorscale": colorscale,
-            "xgap": 1,
-            "ygap": 1,
-            "colorbar": {
-                "title": {"text": label},
-                "thickness": 12,
-                "len": min(1.0, 300 / (80 + 18 * n)),
-            },
-            "hovertemplate": (
-                f"<b>%{{y}}</b><br>%{{x}}<br>{label} %{{z:.4f}}"
-                + (
-                    "<br>flips %{customdata[0]} of %{customdata[1]} updates, %{customdata[2]} elements"
-                    if hover_extra
-                    else ""
-                )
-                + "<extra></extra>"
-            ),
-        }
-        if key == "stall_ratio":
-            trace["zmax"] = (
-                1  # a ratio in [0, 1]: the same colour means the same stall in any report
+        gap = 0.12 if len(maps) > 1 else 0.0
+        width = (1.0 - gap * (len(maps) - 1)) / len(maps)
+        traces: list[dict[str, Any]] = []
+        layout: dict[str, Any] = {"annotations": []}
+        longest = max((len(r) for r in self.recipes), default=0)
+        for i, (key, label, colorscale) in enumerate(maps):
+            axis = "" if i == 0 else str(i + 1)
+            left = i * (width + gap)
+            z = []
+            for name in self.layer_order:
+                row = []
+                for recipe in self.recipes:
+                    v = get(cells.get((name, recipe)), key)
+                    row.append(v if isinstance(v, (int, float)) else None)
+                z.append(row)
+            trace: dict[str, Any] = {
+                "type": "heatmap",
+                "z": z,
+                "x": [_label(r) for r in self.recipes],
+                "y": [_label(name) for name in self.layer_order],
+                "xaxis": f"x{axis}",
+                "yaxis": "y",
+                "zmin": 0,
+                "colorscale": colorscale,
+                "xgap": 1,
+                "ygap": 1,
+                "colorbar": {
+                    "title": {"text": label, "side": "right"},
+                    "thickness": 10,
+                    "x": left + width + 0.005,
+                    "xanchor": "left",
+                    "len": min(1.0, 320 / (110 + 18 * n)),
+                    "y": 1,
+                    "yanchor": "top",
+                },
+                "hovertemplate": (
+                    f"<b>%{{y}}</b><br>%{{x}}<br>{label} %{{z:.4f}}"
+                    + (
+                        "<br>flips %{customdata[0]} of %{customdata[1]} updates, "
+                        "%{customdata[2]} elements"
+                        if hover_extra
+                        else ""
+                    )
+                    + "<extra></extra>"
+                ),
+            }
+            if key in ("stall_ratio", "oscillation_rate"):
+                trace["zmax"] = 1  # a ratio in [0, 1]: one colour, one stall, in any report
+            if hover_extra:
+                trace["customdata"] = custom
+            if small:
+                trace["texttemplate"] = "%{z:.2f}"
+                trace["textfont"] = {"size": 11}
+            traces.append(trace)
+            layout[f"xaxis{axis}"] = {
+                "domain": [left, left + width - 0.01],
+                "type": "category",
+                "tickangle": -30 if longest * len(self.recipes) > 40 * len(maps) else 0,
+                "automargin": True,
+            }
+            layout["annotations"].append(
+                {
+                    "text": f"<b>{label}</b>",
+                    "x": left,
+                    "xref": "paper",
+                    "xanchor": "left",
+                    "y": 1,
+                    "yref": "paper",
+                    "yanchor": "bottom",
+                    "yshift": 4,
+                    "showarrow": False,
+                    "font": {"size": 13},
+                }
             )
-        if hover_extra:
-            trace["customdata"] = custom
-        if small:
-            trace["texttemplate"] = "%{z:.2f}"
-            trace["textfont"] = {"size": 11}
         row_px = 22 if n <= 40 else 14
-        return self.figure(
-            [trace],
+        layout.update(
             {
-                "title": {"text": label, "x": 0, "xanchor": "left", "font": {"size": 14}},
-                "height": 110 + row_px * n,
-                "margin": {"l": 10, "r": 10, "t": 36, "b": 60},
-                "xaxis": {"side": "bottom", "type": "category", "tickangle": 0, "automargin": True},
+                "height": 130 + row_px * n,
+                "margin": {"l": 10, "r": 60, "t": 30, "b": 10},
                 "yaxis": {"autorange": "reversed", "type": "category", "automargin": True},
-            },
+            }
         )
+        return self.figure(traces, layout)
 
     def histograms(self) -> str:
         parts = []
@@ -680,7 +727,9 @@ class _Page:
                 "<h3>Oscillation per layer</h3>"
                 '<p class="note">flip-backs / flips (a code returning to where it was one step '
                 "earlier); tensors ordered worst first.</p>"
-                + self._layer_recipe_map("oscillation_rate", "oscillation rate", hover_extra=False)
+                + self._layer_recipe_map(
+                    [("oscillation_rate", "oscillation rate", HEAT)], hover_extra=False
+                )
             )
         heat = self._step_map(rows)
         if heat:
@@ -754,10 +803,10 @@ class _Page:
         for r in results:
             status = str(r.get("status"))
             rows.append(
-                f'<tr class="{_e(status)}"><td><span class="st {_e(status)}">{_e(status)}</span></td>'
-                f"<td><code>{_e(r.get('rule'))}</code></td><td>{_e(r.get('target'))}</td>"
-                f"<td>{_e(r.get('format'))}</td>{_cell(r.get('value'))}{_cell(r.get('threshold'))}"
-                f"<td>{_e(r.get('message') or '')}</td></tr>"
+                f'<tr class="{_e(status)}"><td class="t"><span class="st {_e(status)}">{_e(status)}</span></td>'
+                f'<td class="t"><code>{_e(r.get("rule"))}</code></td><td class="m">{_e(r.get("target"))}</td>'
+                f'<td class="t">{_e(r.get("format"))}</td>{_cell(r.get("value"))}{_cell(r.get("threshold"))}'
+                f'<td class="t">{_e(r.get("message") or "")}</td></tr>'
             )
         table = (
             '<div class="scroll"><table class="data sortable"><thead><tr><th>status</th><th>rule</th>'
@@ -774,7 +823,7 @@ class _Page:
         if not skipped:
             return ""
         rows = "".join(
-            f"<tr><td><code>{_e(s.get('name'))}</code></td><td>{_e(s.get('reason'))}</td></tr>"
+            f'<tr><td class="m">{_e(s.get("name"))}</td><td class="t">{_e(s.get("reason"))}</td></tr>'
             for s in skipped
         )
         return (
@@ -805,7 +854,7 @@ def _table(
     sortable: bool = True,
     best: dict[str, Callable[..., Any]] | None = None,
 ) -> str:
-    """A data table; numeric cells carry their exact value for sorting when the text rounds it."""
+    """A data table; numeric cells carry a finer sort key when their text rounds the value."""
     best_of: dict[str, Any] = {}
     for key, pick in (best or {}).items():
         values = [v for r in records if isinstance(v := get(r, key), (int, float))]
@@ -829,15 +878,17 @@ def _table(
         for i, (_, key, _) in enumerate(columns):
             v = get(r, key)
             if i == 0 and first is not None:
-                cells.append(f"<td>{first(r)}</td>")
+                cells.append(f'<td class="t">{first(r)}</td>')
             elif key == "shape" and isinstance(v, list):
-                cells.append(f"<td>{_e('×'.join(map(str, v)))}</td>")
+                cells.append(f'<td class="t">{_e("×".join(map(str, v)))}</td>')
             elif isinstance(v, (int, float)) and not isinstance(v, bool):
                 cells.append(_cell(v, bold=key in best_of and v == best_of[key]))
             elif key == "name":
-                cells.append(f'<td class="name"><code>{_e(v)}</code></td>')
+                cells.append(f'<td class="m">{_e(v)}</td>')
+            elif v is None:
+                cells.append("<td>–</td>")
             else:
-                cells.append(f"<td>{_e('–' if v is None else v)}</td>")
+                cells.append(f'<td class="t">{_e(v)}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
     cls = "data sortable" if sortable else "data"
     return (
@@ -850,10 +901,19 @@ def _cell(v: Any, bold: bool = False) -> str:
     if not isinstance(v, (int, float)) or isinstance(v, bool):
         return f"<td>{_num(v)}</td>"
     text = fmt_number(v)
-    exact = repr(v) if isinstance(v, float) else str(v)
-    attr = "" if text == exact else f' data-v="{exact}"'
+    # The sort key: the text itself where it reads back as the number (integers with their
+    # thousands commas), else six significant digits, enough to order what the text rounds.
+    key = f"{v:.6g}"
+    attr = "" if isinstance(v, int) or _same(text, v) else f' data-v="{key}"'
     inner = f"<b>{_e(text)}</b>" if bold else _e(text)
-    return f'<td class="n"{attr}>{inner}</td>'
+    return f"<td{attr}>{inner}</td>"
+
+
+def _same(text: str, v: float) -> bool:
+    try:
+        return float(text.replace(",", "")) == v
+    except ValueError:
+        return False
 
 
 def _present(records: Iterable[Record], key: str) -> bool:
@@ -916,30 +976,29 @@ STYLE = """
 *{box-sizing:border-box}
 body{margin:0;background:#f6f7f9;color:var(--fg);font:14px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,'Helvetica Neue',Arial,sans-serif}
 main{max-width:1180px;margin:0 auto;padding:16px 20px 48px}
-section{background:var(--bg);border:1px solid var(--line);border-radius:6px;padding:14px 18px;margin:14px 0}
+section{background:var(--bg);border:1px solid var(--line);border-radius:6px;padding:14px 18px;margin:14px 0;scroll-margin-top:36px}
 h1{font-size:22px;margin:0 0 2px}h2{font-size:17px;margin:0 0 8px}h3{font-size:14px;margin:14px 0 4px}
 .sub{margin:0 0 10px;color:var(--muted)}.meta,.note{color:var(--muted);font-size:12.5px;margin:4px 0 8px}
 code{font:12.5px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
-.cols{display:flex;flex-wrap:wrap;gap:8px 32px}
+.cols{display:flex;flex-wrap:wrap;align-items:flex-start;gap:8px 40px}
 table{border-collapse:collapse}
 table.kv caption{text-align:left;font-weight:600;color:var(--muted);font-size:12px;text-transform:uppercase;letter-spacing:.04em}
 table.kv th{text-align:left;font-weight:500;color:var(--muted);padding:1px 14px 1px 0;vertical-align:baseline;white-space:nowrap}
 table.kv td{padding:1px 0;vertical-align:baseline;overflow-wrap:anywhere}
 .scroll{overflow-x:auto;max-height:640px;overflow-y:auto;margin:6px 0}
 table.data{width:100%;font-size:12.5px}
-table.data th{position:sticky;top:0;background:#eef1f5;text-align:left;padding:4px 8px;border-bottom:1px solid #c8ced6;white-space:nowrap}
+table.data th{position:sticky;top:0;background:#eef1f5;text-align:left;padding:4px 7px;border-bottom:1px solid #c8ced6;vertical-align:bottom;font-size:12px;line-height:1.25}
 table.data th.n{text-align:right}
-table.data td{padding:3px 8px;border-bottom:1px solid #eee;white-space:nowrap}
-table.data td.n{text-align:right;font-variant-numeric:tabular-nums}
+table.data td{padding:3px 7px;border-bottom:1px solid #eee;white-space:nowrap;text-align:right;font-variant-numeric:tabular-nums}
+table.data td.t{text-align:left}
+table.data td.m{text-align:left;font:12px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
 table.data tbody tr:hover{background:#f3f8fd}
 table.sortable th{cursor:pointer;user-select:none}
 table.sortable th:hover{background:#e2e8f0}
 table.sortable th[aria-sort=descending]::after{content:" ▾"}table.sortable th[aria-sort=ascending]::after{content:" ▴"}
-td.name code{font-size:12px}
 .dot{display:inline-block;width:9px;height:9px;border-radius:50%;margin-right:6px;vertical-align:baseline}
 .toc{position:sticky;top:0;z-index:5;background:#f6f7f9ee;padding:6px 2px;font-size:13px;border-bottom:1px solid var(--line)}
 .toc a{color:var(--accent);text-decoration:none}.toc a:hover{text-decoration:underline}
-.grid2{display:grid;grid-template-columns:repeat(auto-fit,minmax(420px,1fr));gap:12px}
 .badge{font-size:12px;font-weight:600;padding:2px 8px;border-radius:10px;margin-left:10px;vertical-align:middle;color:#fff;text-decoration:none}
 .badge.pass,.st.pass{background:var(--pass)}.badge.fail,.st.fail{background:var(--fail)}.st.skip{background:#888}
 .st{color:#fff;border-radius:3px;padding:0 6px;font-size:11px;font-weight:600;text-transform:uppercase}
@@ -969,8 +1028,8 @@ document.querySelectorAll("table.sortable").forEach(function (table) {
       function key(row) {
         var cell = row.cells[col];
         var v = cell.getAttribute("data-v");
-        if (v === null && cell.classList.contains("n")) v = cell.textContent.replace(/,/g, "");
-        var x = v === null ? NaN : parseFloat(v);
+        if (v === null) v = cell.textContent.replace(/,/g, "");
+        var x = v.trim() === "" ? NaN : Number(v);
         return isNaN(x) ? cell.textContent : x;
       }
       rows.sort(function (a, b) {
