@@ -8,14 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from altgrad_cli.errors import InputError
-from altgrad_cli.io.pairing import Skipped
-from altgrad_cli.report.records import SCHEMA, LayerRecord, Report, SummaryRecord
+from altgrad_cli.report.records import SCHEMA, Report
 
-# The keys of a record that are not metrics (LayerRecord / SummaryRecord fields).
-_LAYER_FIELDS = ("name", "format", "dtype", "shape", "scale")
+# The report schemas `altgrad render` reads (the trajectory report's joins when it lands); the
+# HTML renderer draws any of them from the JSON form, the other renderers from the typed Report.
+READABLE_SCHEMAS: tuple[str, ...] = (SCHEMA,)
 
 
-def read_report_json(path: Path, schemas: tuple[str, ...] = (SCHEMA,)) -> dict[str, Any]:
+def read_report_json(path: Path, schemas: tuple[str, ...] = READABLE_SCHEMAS) -> dict[str, Any]:
     """The JSON object in `path`; InputError (exit 3) when unreadable or not one of `schemas`."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -36,37 +36,8 @@ def read_report_json(path: Path, schemas: tuple[str, ...] = (SCHEMA,)) -> dict[s
 
 
 def report_from_dict(data: dict[str, Any], path: Path | str = "report") -> Report:
-    """Rebuild the Report that `Report.to_dict()` wrote; its `to_dict()` gives `data` back."""
+    """The typed Report of a saved JSON form (strict); InputError (exit 3) when it does not fit."""
     try:
-        layers = tuple(
-            LayerRecord(
-                name=layer["name"],
-                format=layer["format"],
-                dtype=layer["dtype"],
-                shape=tuple(layer["shape"]),
-                scale=layer["scale"],
-                metrics={k: v for k, v in layer.items() if k not in _LAYER_FIELDS},
-            )
-            for layer in data["layers"]
-        )
-        summary = tuple(
-            SummaryRecord(
-                format=s["format"],
-                tensors=s["tensors"],
-                metrics={k: v for k, v in s.items() if k not in ("format", "tensors", "worst")},
-                worst=tuple(s["worst"]),
-            )
-            for s in data["summary"]
-        )
-        skipped = tuple(Skipped(name=s["name"], reason=s["reason"]) for s in data["skipped"])
-        return Report(
-            inputs=data["inputs"],
-            options=data["options"],
-            formats=tuple(data["formats"]),
-            layers=layers,
-            summary=summary,
-            skipped=skipped,
-            checks=data.get("checks"),
-        )
-    except (KeyError, TypeError, AttributeError) as error:
-        raise InputError(path, f"malformed report: missing or wrong {error}") from error
+        return Report.from_dict(data)
+    except ValueError as error:
+        raise InputError(path, f"malformed report: {error}") from error
