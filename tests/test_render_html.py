@@ -446,6 +446,7 @@ def test_render_out_file(saved, tmp_path):
         (json.dumps({"layers": []}), "no schema"),
         (json.dumps([1, 2]), "no schema"),
         ("{not json", "not a valid JSON report"),
+        ('{"schema": "altgrad.report/1", "x": NaN}', "NaN is not JSON"),
         (json.dumps({"schema": "altgrad.report/1", "layers": [{}]}), "malformed report"),
     ],
 )

@@ -186,7 +186,7 @@ class _Page:
             "flips_per_step" in r for r in self.layers
         )
         self.figures: list[tuple[str, dict[str, Any]]] = []
-        inputs = report.get("inputs") or {}
+        inputs = _dict(report.get("inputs"))
         if isinstance(inputs.get("checkpoints"), list) and inputs["checkpoints"]:
             names = [str(c) for c in inputs["checkpoints"]]
             self.subtitle = f"{names[0]} … {names[-1]} ({len(names)} checkpoints)"
@@ -218,7 +218,7 @@ class _Page:
             key=lambda r: (rank.get(str(r.get("name")), 0), order.get(str(r.get("format")), 0)),
         )
 
-    def figure(self, data: list[dict[str, Any]], layout: dict[str, Any], cls: str = "plot") -> str:
+    def figure(self, data: list[dict[str, Any]], layout: dict[str, Any]) -> str:
         """A div for one plot, with an id fixed by its position (plotly's own are random)."""
         div_id = f"plot-{len(self.figures) + 1}"
         base = {
@@ -231,7 +231,7 @@ class _Page:
         base.update(layout)
         self.figures.append((div_id, {"data": data, "layout": base}))
         height = int(base.get("height", 360))
-        return f'<div class="{cls}" id="{div_id}" style="height:{height}px"></div>'
+        return f'<div class="plot" id="{div_id}" style="height:{height}px"></div>'
 
     def plot_script(self) -> str:
         lines = [
@@ -277,8 +277,8 @@ class _Page:
 
     def run_header(self) -> str:
         r = self.report
-        inputs = r.get("inputs") or {}
-        options = r.get("options") or {}
+        inputs = _dict(r.get("inputs"))
+        options = _dict(r.get("options"))
         rows = []
         for key, value in inputs.items():
             if isinstance(value, list):
@@ -914,6 +914,10 @@ def _same(text: str, v: float) -> bool:
         return float(text.replace(",", "")) == v
     except ValueError:
         return False
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _present(records: Iterable[Record], key: str) -> bool:
