@@ -438,6 +438,7 @@ class _Page:
         ]
         n = len(self.layer_order)
         small = n * len(self.recipes) <= 240
+        tall = n > 40
         gap = 0.12 if len(maps) > 1 else 0.0
         width = (1.0 - gap * (len(maps) - 1)) / len(maps)
         traces: list[dict[str, Any]] = []
@@ -497,6 +498,8 @@ class _Page:
                 "type": "category",
                 "tickangle": -30 if longest * len(self.recipes) > 40 * len(maps) else 0,
                 "automargin": True,
+                # a tall map names its recipes at the top, where the worst layers are
+                "side": "top" if tall else "bottom",
             }
             layout["annotations"].append(
                 {
@@ -504,20 +507,27 @@ class _Page:
                     "x": left,
                     "xref": "paper",
                     "xanchor": "left",
-                    "y": 1,
+                    "y": 0 if tall else 1,
                     "yref": "paper",
-                    "yanchor": "bottom",
-                    "yshift": 4,
+                    "yanchor": "top" if tall else "bottom",
+                    "yshift": -4 if tall else 4,
                     "showarrow": False,
                     "font": {"size": 13},
                 }
             )
-        row_px = 22 if n <= 40 else 14
         layout.update(
             {
-                "height": 130 + row_px * n,
-                "margin": {"l": 10, "r": 60, "t": 30, "b": 10},
-                "yaxis": {"autorange": "reversed", "type": "category", "automargin": True},
+                "height": 130 + (14 if tall else 22) * n,
+                "margin": {"l": 10, "r": 60, "t": 30, "b": 30 if tall else 10},
+                "yaxis": {
+                    "autorange": "reversed",
+                    "type": "category",
+                    "automargin": True,
+                    # every layer named, not every other one
+                    "tickmode": "linear",
+                    "dtick": 1,
+                    "tickfont": {"size": 10 if tall else 12},
+                },
             }
         )
         return self.figure(traces, layout)
