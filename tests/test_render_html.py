@@ -389,6 +389,11 @@ def test_missing_plotly_is_one_line_exit_3(monkeypatch, tmp_path):
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "altgrad-cli[html]" in lines[0]
+    # analyze says so before it reads a single tensor
+    missing = tmp_path / "missing.safetensors"
+    result = CliRunner().invoke(app, ["analyze", str(missing), str(missing), "-o", "html"])
+    assert result.exit_code == 3 and "altgrad-cli[html]" in result.stderr
+    assert "missing.safetensors" not in result.stderr
 
 
 # ---- altgrad render ---------------------------------------------------------------------------

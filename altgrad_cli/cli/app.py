@@ -215,6 +215,10 @@ def analyze_command(
 
     try:
         rules = [parse_rule(text) for text in fail_if]
+        if output is Output.html:
+            from altgrad_cli.report.render.html import require_plotly
+
+            require_plotly()
         baseline_report = _load_report(baseline) if baseline is not None else None
         with _progress(quiet) as progress:
             report = analyze(

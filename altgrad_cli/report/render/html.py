@@ -125,6 +125,11 @@ def render_html(report: Record) -> str:
     )
 
 
+def require_plotly() -> None:
+    """Fail before a long analysis, not after it, when the `html` extra is missing."""
+    _plotly_js()
+
+
 def _plotly_js() -> str:
     try:
         from plotly.offline import get_plotlyjs
