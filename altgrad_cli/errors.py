@@ -26,3 +26,7 @@ class InputError(AltgradError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+class MissingExtraError(AltgradError):
+    """Raised when a feature needs an optional extra that is not installed (`altgrad-cli[html]`)."""

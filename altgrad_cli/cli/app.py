@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from altgrad_cli.engine.allocator import keep_freed_buffers
 from altgrad_cli.errors import AltgradError, InputError, UsageError
@@ -41,10 +42,12 @@ def _fail(error: AltgradError) -> None:
         raise error
     if isinstance(error, UsageError):
         Console(stderr=True, highlight=False).print(
-            f"[red]usage error:[/red] {error}", soft_wrap=True
+            f"[red]usage error:[/red] {escape(str(error))}", soft_wrap=True
         )
         raise typer.Exit(error.exit_code)
-    Console(stderr=True, highlight=False).print(f"[red]error:[/red] {error}", soft_wrap=True)
+    Console(stderr=True, highlight=False).print(
+        f"[red]error:[/red] {escape(str(error))}", soft_wrap=True
+    )
     raise typer.Exit(error.exit_code)
 
 
@@ -91,6 +94,7 @@ class Output(str, Enum):
     jsonl = "jsonl"
     csv = "csv"
     markdown = "markdown"
+    html = "html"
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -115,6 +119,10 @@ def _render(report, output: Output, width: int | None = None) -> str:
         return csv_out.render_csv(report)
     if output is Output.markdown:
         return markdown.render_markdown(report)
+    if output is Output.html:
+        from altgrad_cli.report.render.html import render_html
+
+        return render_html(report.to_dict())
     from altgrad_cli.report.render.table import console_width, render_table
 
     console = Console(
@@ -175,7 +183,7 @@ def analyze_command(
         str | None, typer.Option(help="Leave out tensors whose name matches this regex.")
     ] = None,
     output: Annotated[
-        Output, typer.Option("--output", "-o", help="table | json | jsonl | csv | markdown")
+        Output, typer.Option("--output", "-o", help="table | json | jsonl | csv | markdown | html")
     ] = Output.table,
     out: Annotated[
         Path | None,
@@ -209,6 +217,10 @@ def analyze_command(
 
     try:
         rules = [parse_rule(text) for text in fail_if]
+        if output is Output.html:
+            from altgrad_cli.report.render.html import require_plotly
+
+            require_plotly()
         baseline_report = _load_report(baseline) if baseline is not None else None
         with _progress(quiet) as progress:
             report = analyze(
@@ -275,6 +287,41 @@ def check_command(
         if output is Output.json:
             sys.stdout.write(json.dumps(to_json(checks_section(rules, results)), indent=2) + "\n")
         _finish_checks(results, junit)
+    except AltgradError as error:
+        if debug:
+            raise
+        _fail(error)
+
+
+@app.command("render")
+def render_command(
+    report_path: Annotated[
+        Path, typer.Argument(metavar="REPORT.json", help="A report written by `-o json`.")
+    ],
+    output: Annotated[
+        Output, typer.Option("--output", "-o", help="table | json | jsonl | csv | markdown | html")
+    ] = Output.table,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Write the rendering here (atomically) instead of stdout."),
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Render a saved JSON report in any output format (e.g. a CI artifact as HTML)."""
+    from altgrad_cli.report.loading import read_report_json, report_from_dict
+
+    try:
+        data = read_report_json(report_path)
+        if output is Output.html:
+            from altgrad_cli.report.render.html import render_html
+
+            text = render_html(data)
+        else:
+            text = _render(report_from_dict(data, report_path), output)
+        if out is not None:
+            _write_atomic(out, text)
+        else:
+            sys.stdout.write(text)
     except AltgradError as error:
         if debug:
             raise

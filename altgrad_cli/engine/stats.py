@@ -103,6 +103,13 @@ class Mean:
         }
 
 
+def _exact_mean(x: Tensor) -> float:
+    """The mean, exactly the value itself when every value is equal (a rounded sum/n would leave
+    deviations of one ULP, and a constant would correlate ±1 instead of not at all)."""
+    low, high = torch.aminmax(x)
+    return float(low) if low == high else float(x.mean())
+
+
 @dataclass
 class CoMoments:
     """Means, M2s and the co-moment of pairs (x, y), for Pearson correlation."""
@@ -119,7 +126,7 @@ class CoMoments:
             return
         x64 = x.detach().reshape(-1).to(torch.float64)
         y64 = y.detach().reshape(-1).to(torch.float64)
-        mx, my = float(x64.mean()), float(y64.mean())
+        mx, my = _exact_mean(x64), _exact_mean(y64)
         dx, dy = x64 - mx, y64 - my
         self.merge(
             CoMoments(

@@ -135,7 +135,7 @@ def compute_ulp_distance(before: Tensor, after: Tensor) -> Tensor:
         return torch.zeros(b.shape, dtype=torch.float64, device=b.device)
     flat_b, flat_a = b.reshape(-1), a.reshape(-1)
     absmax = max(_absmax(flat_b), _absmax(flat_a))  # NaN or inf takes the widest integers
-    distance = ulp_distances(flat_b, flat_a, absmax).to(torch.float64).reshape(b.shape)
+    distance = ulp_distances(flat_b, flat_a, absmax)[0].to(torch.float64).reshape(b.shape)
     finite = torch.isfinite(b) & torch.isfinite(a)
     return torch.where(finite, distance, torch.full_like(distance, math.nan))
 

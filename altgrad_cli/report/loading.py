@@ -1,0 +1,48 @@
+"""A saved JSON report read back: checked against the schemas this version writes, and rebuilt
+into the `Report` the renderers take, so `altgrad render` gives what `analyze` would have printed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from altgrad_cli.errors import InputError
+from altgrad_cli.report.records import SCHEMA, Report
+
+# The report schemas `altgrad render` reads (the trajectory report's joins when it lands); the
+# HTML renderer draws any of them from the JSON form, the other renderers from the typed Report.
+READABLE_SCHEMAS: tuple[str, ...] = (SCHEMA,)
+
+
+def read_report_json(path: Path, schemas: tuple[str, ...] = READABLE_SCHEMAS) -> dict[str, Any]:
+    """The JSON object in `path`; InputError (exit 3) when unreadable or not one of `schemas`."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_not_strict)
+    except FileNotFoundError as error:
+        raise InputError(path, "no such file") from error
+    except PermissionError as error:
+        raise InputError(path, "permission denied") from error
+    except IsADirectoryError as error:
+        raise InputError(path, "is a directory, not a JSON report") from error
+    except (OSError, UnicodeDecodeError, ValueError) as error:  # JSONDecodeError is one
+        raise InputError(path, f"not a valid JSON report ({error})") from error
+    schema = data.get("schema") if isinstance(data, dict) else None
+    if schema not in schemas:
+        expected = " or ".join(repr(s) for s in schemas)
+        found = "no schema" if schema is None else f"schema {schema!r}"
+        raise InputError(path, f"not a report this altgrad can read ({found}; expected {expected})")
+    return data
+
+
+def _not_strict(constant: str) -> Any:
+    """altgrad writes strict JSON: a NaN or Infinity means the file came from elsewhere."""
+    raise ValueError(f"{constant} is not JSON")
+
+
+def report_from_dict(data: dict[str, Any], path: Path | str = "report") -> Report:
+    """The typed Report of a saved JSON form (strict); InputError (exit 3) when it does not fit."""
+    try:
+        return Report.from_dict(data)
+    except ValueError as error:
+        raise InputError(path, f"malformed report: {error}") from error
