@@ -247,9 +247,14 @@ def test_ulp_zero_frac_matches_stall():
 
 
 def test_ulp_uses_nextafter():
-    import inspect
-
-    assert "torch.nextafter" in inspect.getsource(diagnostics.compute_ulp_distance)
+    """The seed's truth, checked by behaviour rather than by reading the source: inside a binade
+    the exact ordinal distance is the torch.nextafter ratio |after − before| / ULP(before)."""
+    g = torch.Generator().manual_seed(4)
+    before = 1.0 + torch.rand(10_000, generator=g) * 0.5  # all in [1, 2)
+    after = (before + torch.randn(10_000, generator=g) * 1e-5).clamp(1.0, 1.999)
+    ulp = torch.nextafter(before, torch.full_like(before, float("inf"))) - before
+    ratio = ((after - before).abs() / ulp).to(torch.float64)
+    assert torch.equal(diagnostics.compute_ulp_distance(before, after), ratio)
 
 
 def test_seed_004_verify_command():
