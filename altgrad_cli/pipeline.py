@@ -7,9 +7,11 @@ memory stays bounded by the chunk size, not by the checkpoint or the tensor.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+
+from torch import Tensor
 
 from altgrad_cli.engine.parallel import ChunkPool, available_cores, one_torch_thread
 from altgrad_cli.engine.tensor import (
@@ -20,6 +22,7 @@ from altgrad_cli.engine.tensor import (
 )
 from altgrad_cli.errors import UsageError
 from altgrad_cli.io.checkpoint import Checkpoint
+from altgrad_cli.io.memory import open_checkpoint
 from altgrad_cli.io.pairing import Pair, pair_tensors
 from altgrad_cli.numerics.formats import Format, get_format
 from altgrad_cli.numerics.scaling import parse_scaling
@@ -91,12 +94,16 @@ def iter_tensor_results(
             progress(done, len(pairs), pair.name)
 
 
+Source = str | os.PathLike[str] | Mapping[str, Tensor]
+"""A checkpoint path (file, sharded folder or index) or a state dict of name → tensor."""
+
+
 def analyze(
-    before: str | os.PathLike[str],
-    after: str | os.PathLike[str],
+    before: Source,
+    after: Source,
     *,
-    grads: str | os.PathLike[str] | None = None,
-    formats: Sequence[str | Format] = ("e4m3fn",),
+    grads: Source | None = None,
+    formats: str | Format | Sequence[str | Format] = ("e4m3fn",),
     scaling: str = "tensor",
     rescale: bool = False,
     grad_eps: float = DEFAULT_GRAD_EPS,
@@ -111,7 +118,9 @@ def analyze(
     """Analyse one optimizer step: BEFORE and AFTER checkpoints, optional gradients, one or more formats.
 
     Chunks run on `threads` cores (default: every core this process may use); the numbers do
-    not depend on it."""
+    not depend on it. BEFORE, AFTER and grads may be state dicts from a training loop."""
+    if isinstance(formats, (str, Format)):
+        formats = (formats,)
     fmts = tuple(dict.fromkeys(get_format(f) for f in formats))
     scaling_text = str(parse_scaling(scaling))
     if chunk_size < 1:
@@ -120,9 +129,9 @@ def analyze(
     if threads < 1:
         raise UsageError(f"--threads must be at least 1, got {threads}")
     ckpts = (
-        Checkpoint(before),
-        Checkpoint(after),
-        Checkpoint(grads) if grads is not None else None,
+        open_checkpoint(before, "before"),
+        open_checkpoint(after, "after"),
+        open_checkpoint(grads, "grads") if grads is not None else None,
     )
     pairs, skipped = pair_tensors(
         *ckpts, strip_prefixes=tuple(strip_prefix), include=include, exclude=exclude
@@ -161,9 +170,9 @@ def analyze(
         summary.append(SummaryRecord(fmt.name, len(pairs), idle, metrics, worst_rows))
     return Report(
         inputs=Inputs(
-            before=str(before),
-            after=str(after),
-            grads=None if grads is None else str(grads),
+            before=ckpts[0].path,
+            after=ckpts[1].path,
+            grads=None if ckpts[2] is None else ckpts[2].path,
         ),
         options=ReportOptions(
             formats=tuple(f.name for f in fmts),
