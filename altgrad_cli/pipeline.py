@@ -39,7 +39,8 @@ from altgrad_cli.report.records import (
 from altgrad_cli.report.serialize import from_json
 
 Progress = Callable[[int, int, str], None]
-"""progress(done, total, name): called after each tensor; the CLI draws a bar with it."""
+"""progress(done, total, name): called as each tensor starts (`name` is the one being analysed,
+`done` counts those finished) and once at the end with done == total; the CLI draws a bar."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,9 @@ def iter_tensor_results(
     pool: ChunkPool | None = None,
 ) -> Iterator[TensorResult]:
     before, after, grads = checkpoints
-    for done, pair in enumerate(pairs, start=1):
+    for done, pair in enumerate(pairs):
+        if progress is not None:
+            progress(done, len(pairs), pair.name)
         grad = grads.tensor(pair.grad.name) if pair.grad is not None and grads is not None else None
         acc, scales = accumulate_tensor(
             before.tensor(pair.before.name),
@@ -90,8 +93,8 @@ def iter_tensor_results(
             pool=pool,
         )
         yield TensorResult(pair, acc, scales)
-        if progress is not None:
-            progress(done, len(pairs), pair.name)
+    if progress is not None:
+        progress(len(pairs), len(pairs), "done")
 
 
 Source = str | os.PathLike[str] | Mapping[str, Tensor]

@@ -44,3 +44,10 @@ def test_a_single_format_name_is_one_format():
 def test_a_state_dict_of_non_tensors_is_an_input_error():
     with pytest.raises(AltgradError, match="not a state dict"):
         analyze({"w": [1.0, 2.0]}, {"w": [1.0, 2.0]})
+
+
+def test_progress_names_the_tensor_being_analysed():
+    before, after, _ = _step()
+    calls = []
+    analyze(before, after, progress=lambda done, total, name: calls.append((done, total, name)))
+    assert calls == [(0, 2, "b"), (1, 2, "w"), (2, 2, "done")]
