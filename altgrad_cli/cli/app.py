@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from altgrad_cli.engine.allocator import keep_freed_buffers
 from altgrad_cli.errors import AltgradError, InputError, UsageError
@@ -41,10 +42,12 @@ def _fail(error: AltgradError) -> None:
         raise error
     if isinstance(error, UsageError):
         Console(stderr=True, highlight=False).print(
-            f"[red]usage error:[/red] {error}", soft_wrap=True
+            f"[red]usage error:[/red] {escape(str(error))}", soft_wrap=True
         )
         raise typer.Exit(error.exit_code)
-    Console(stderr=True, highlight=False).print(f"[red]error:[/red] {error}", soft_wrap=True)
+    Console(stderr=True, highlight=False).print(
+        f"[red]error:[/red] {escape(str(error))}", soft_wrap=True
+    )
     raise typer.Exit(error.exit_code)
 
 
@@ -198,6 +201,18 @@ def analyze_command(
             "--threads", "-j", help="Cores to use (default: all available). Same numbers for any."
         ),
     ] = None,
+    dask: Annotated[
+        str | None,
+        typer.Option(
+            "--dask",
+            metavar="ADDRESS",
+            help="Run on a Dask cluster (tcp://host:8786), or 'local' for a LocalCluster of "
+            "--threads processes. Same numbers. Needs altgrad-cli[dask].",
+        ),
+    ] = None,
+    dask_timeout: Annotated[
+        float, typer.Option("--dask-timeout", help="Seconds to wait for the Dask scheduler.")
+    ] = 10.0,
     fail_if: FailIfOption = [],
     baseline: BaselineOption = None,
     layer: LayerOption = None,
@@ -225,6 +240,8 @@ def analyze_command(
                 chunk_size=chunk_size,
                 progress=progress,
                 threads=threads,
+                dask=dask,
+                dask_timeout=dask_timeout,
             )
         if report.skipped:
             _warn(skipped_summary(report.skipped, len({r.name for r in report.layers})))
