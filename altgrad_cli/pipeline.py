@@ -101,6 +101,31 @@ Source = str | os.PathLike[str] | Mapping[str, Tensor]
 """A checkpoint path (file, sharded folder or index) or a state dict of name → tensor."""
 
 
+def iter_dask_results(
+    pairs: Sequence[Pair],
+    formats: Sequence[Format],
+    scaling: str,
+    *,
+    rescale: bool,
+    grad_eps: float,
+    chunk: int,
+    address: str,
+    workers: int,
+    timeout: float,
+    progress: Progress | None = None,
+) -> Iterator[TensorResult]:
+    """`iter_tensor_results` on a Dask cluster (engine/distributed.py): the same results, in the
+    same order, to the bit."""
+    from altgrad_cli.engine.distributed import Job, run_on_dask
+
+    job = Job(tuple(formats), parse_scaling(scaling), rescale, grad_eps, chunk)
+    results = run_on_dask(
+        pairs, job, address=address, workers=workers, timeout=timeout, progress=progress
+    )
+    for pair, (acc, scales) in zip(pairs, results, strict=True):
+        yield TensorResult(pair, acc, scales)
+
+
 def analyze(
     before: Source,
     after: Source,
@@ -117,20 +142,31 @@ def analyze(
     worst: int = 5,
     progress: Progress | None = None,
     threads: int | None = None,
+    dask: str | None = None,
+    dask_timeout: float = 10.0,
 ) -> Report:
     """Analyse one optimizer step: BEFORE and AFTER checkpoints, optional gradients, one or more formats.
 
     Chunks run on `threads` cores (default: every core this process may use); the numbers do
-    not depend on it. BEFORE, AFTER and grads may be state dicts from a training loop."""
+    not depend on it. BEFORE, AFTER and grads may be state dicts from a training loop. With
+    `dask` (a scheduler address, or "local" for a LocalCluster of `threads` worker processes)
+    tensors and chunk ranges run as Dask tasks: the same report, to the bit."""
     if isinstance(formats, (str, Format)):
         formats = (formats,)
     fmts = tuple(dict.fromkeys(get_format(f) for f in formats))
     scaling_text = str(parse_scaling(scaling))
     if chunk_size < 1:
         raise UsageError(f"--chunk-size must be at least 1, got {chunk_size}")
+    if dask not in (None, "local") and threads is not None:
+        raise UsageError(
+            "--threads sets the worker count of --dask local; a cluster's workers have their own "
+            "(dask worker --nworkers)"
+        )
     threads = available_cores() if threads is None else threads
     if threads < 1:
         raise UsageError(f"--threads must be at least 1, got {threads}")
+    if dask is not None and any(isinstance(x, Mapping) for x in (before, after, grads)):
+        raise UsageError("--dask workers open checkpoints by path; pass paths, not state dicts")
     ckpts = (
         open_checkpoint(before, "before"),
         open_checkpoint(after, "after"),
@@ -141,21 +177,24 @@ def analyze(
     )
     layers: list[LayerRecord] = []
     total = TensorAccumulator(fmts, has_grads=grads is not None)
+    options = dict(rescale=rescale, grad_eps=grad_eps, chunk=chunk_size, progress=progress)
     with (
         one_torch_thread(),  # before the pool starts, so its threads begin with one torch thread
-        ChunkPool(threads) if threads > 1 else nullcontext() as pool,
+        ChunkPool(threads) if threads > 1 and dask is None else nullcontext() as pool,
     ):
-        for result in iter_tensor_results(
-            pairs,
-            ckpts,
-            fmts,
-            scaling_text,
-            rescale=rescale,
-            grad_eps=grad_eps,
-            chunk=chunk_size,
-            progress=progress,
-            pool=pool,
-        ):
+        if dask is None:
+            results = iter_tensor_results(pairs, ckpts, fmts, scaling_text, pool=pool, **options)
+        else:
+            results = iter_dask_results(
+                pairs,
+                fmts,
+                scaling_text,
+                address=dask,
+                workers=threads,
+                timeout=dask_timeout,
+                **options,
+            )
+        for result in results:
             layers.extend(result.records())
             total.merge(result.accumulator)
     summary = []

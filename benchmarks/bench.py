@@ -12,11 +12,15 @@ sampled from /proc while the process runs) beside each:
   (c) altgrad analyze, one format, every metric, JSON to a file
   (d) the same with four formats (e4m3fn, e5m2, E3M4, E0M7)
   (e) a plain whole-tensor implementation of the seed's formulas (the seed-style baseline)
+  (h) (c) on a 2-worker LocalCluster (`--dask local -j 2`), cluster start included; its JSON must
+      equal (c)'s byte for byte (needs altgrad-cli[dask])
 """
 
 from __future__ import annotations
 
 import argparse
+import filecmp
+import importlib.util
 import json
 import os
 import statistics
@@ -211,7 +215,7 @@ def main() -> None:
         "--skip-seed", action="store_true", help="leave out (e), the slow seed-style baseline"
     )
     parser.add_argument(
-        "--only", default="abcde", help="the cases to run, by letter (default: abcde)"
+        "--only", default="abcdeh", help="the cases to run, by letter (default: abcdeh)"
     )
     parser.add_argument("--child", choices=sorted(CHILD), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -257,20 +261,37 @@ def main() -> None:
             str(folder / "d.json"),
         ],
         "(e) seed-style, whole tensors": me + ["--child", "seed"],
+        "(h) analyze, 2-worker LocalCluster": analyze
+        + ["--dask", "local", "--threads", "2", "--out", str(folder / "h.json")],
     }
+    if "h" in args.only and importlib.util.find_spec("distributed") is None:
+        print("(h) left out: Dask is not installed (pip install 'altgrad-cli[dask]')")
+        args.only = args.only.replace("h", "")
     size = sum(p.stat().st_size for p in paths)
     print(
         f"workload: scale {args.scale:g}, {size / 2**30:.2f} GiB in 3 files; {os.cpu_count()} cores; torch {torch.__version__}"
     )
-    print(f"{'case':<32} {'median s':>9} {'runs':>5} {'peak RssAnon MiB':>17}")
+    print(f"{'case':<36} {'median s':>9} {'runs':>5} {'min-max s':>13} {'peak RssAnon MiB':>17}")
     medians = {}
     cases = {label: argv for label, argv in cases.items() if label[1] in args.only}
     for label, argv in cases.items():
         runs = [measure(argv) for _ in range(1 if label.startswith("(e)") else args.repeat)]
         medians[label[:3]] = statistics.median(s for s, _ in runs)
         peak = max(p for _, p in runs) / 1024
-        print(f"{label:<32} {medians[label[:3]]:>9.2f} {len(runs):>5} {peak:>17.0f}")
-    ratios = [("c/b", "(c)", "(b)"), ("d/c", "(d)", "(c)"), ("e/c", "(e)", "(c)")]
+        spread = f"{min(s for s, _ in runs):.2f}-{max(s for s, _ in runs):.2f}"
+        print(f"{label:<36} {medians[label[:3]]:>9.2f} {len(runs):>5} {spread:>13} {peak:>17.0f}")
+    if (
+        "(h)" in medians
+        and "(c)" in medians
+        and not filecmp.cmp(folder / "c.json", folder / "h.json", shallow=False)
+    ):
+        raise SystemExit("(h) wrote other JSON than (c): the Dask run must not change a byte")
+    ratios = [
+        ("c/b", "(c)", "(b)"),
+        ("d/c", "(d)", "(c)"),
+        ("e/c", "(e)", "(c)"),
+        ("h/c", "(h)", "(c)"),
+    ]
     print(
         "  ".join(
             f"{name} = {medians[x] / medians[y]:.2f}"

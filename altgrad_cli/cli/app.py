@@ -206,6 +206,18 @@ def analyze_command(
             "--threads", "-j", help="Cores to use (default: all available). Same numbers for any."
         ),
     ] = None,
+    dask: Annotated[
+        str | None,
+        typer.Option(
+            "--dask",
+            metavar="ADDRESS",
+            help="Run on a Dask cluster (tcp://host:8786), or 'local' for a LocalCluster of "
+            "--threads processes. Same numbers. Needs altgrad-cli[dask].",
+        ),
+    ] = None,
+    dask_timeout: Annotated[
+        float, typer.Option("--dask-timeout", help="Seconds to wait for the Dask scheduler.")
+    ] = 10.0,
     fail_if: FailIfOption = [],
     baseline: BaselineOption = None,
     layer: LayerOption = None,
@@ -237,6 +249,8 @@ def analyze_command(
                 chunk_size=chunk_size,
                 progress=progress,
                 threads=threads,
+                dask=dask,
+                dask_timeout=dask_timeout,
             )
         if report.skipped:
             _warn(skipped_summary(report.skipped, len({r.name for r in report.layers})))

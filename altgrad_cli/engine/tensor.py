@@ -2,14 +2,15 @@
 
 `accumulate_tensor` computes the scales of a tensor (one amax pass per side, shared by every
 format), cuts it into chunks that never straddle a scale group, has chunk.py turn each chunk into
-partial statistics (on a pool of threads when given one) and merges them in chunk order.
+partial statistics (on a pool of threads when given one) and merges them in chunk order: chunks
+into ranges, ranges into the tensor (`chunk_ranges`), so a range may be computed elsewhere.
 `TensorAccumulator.results` turns the merged partials into the records. Nothing is materialised
 at full-tensor size, so memory is bounded by the chunk size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,9 @@ from altgrad_cli.report.records import (
 
 DEFAULT_GRAD_EPS = 1e-10
 DEFAULT_CHUNK = 1 << 18
+RANGE_CHUNKS = 32
+"""Chunks merge into ranges of this many, ranges into the tensor (see `chunk_ranges`); a Dask task
+computes one range (engine/distributed.py): 8M elements at the default chunk size."""
 
 
 @dataclass
@@ -211,6 +215,10 @@ def tensor_metrics(
     return records, {name: to_json(scale) for name, scale in scales.items()}
 
 
+Bounds = tuple[int, int, int, int]
+"""One chunk: (row0, row1, col0, col1) of the tensor's 2-D view."""
+
+
 def accumulate_tensor(
     before: Tensor,
     after: Tensor,
@@ -225,12 +233,29 @@ def accumulate_tensor(
 ) -> tuple[TensorAccumulator, dict[str, ScaleRecord]]:
     """The mergeable accumulator of one tensor (for summaries across tensors) and its scales.
 
-    With a `pool`, chunks run on its threads; their partial results are merged in chunk order."""
+    With a `pool`, chunks run on its threads; their partial results are merged in chunk order,
+    into one accumulator per chunk range, and the ranges in order into the tensor's."""
     scaling = parse_scaling(scaling)
     formats = tuple(formats)
+    scale_pairs = tensor_scales(before, after, formats, scaling, rescale=rescale)
+    acc = accumulate_scaled(
+        before, after, grad, formats, scale_pairs, grad_eps=grad_eps, chunk=chunk, pool=pool
+    )
+    return acc, scale_summaries(formats, scale_pairs)
+
+
+def tensor_scales(
+    before: Tensor,
+    after: Tensor,
+    formats: Sequence[Format],
+    scaling: Scaling,
+    *,
+    rescale: bool = False,
+) -> list[tuple[Scale, Scale]]:
+    """Per format, the scales BEFORE and AFTER are divided by: one whole-tensor amax pass per
+    side, shared by every format. Every chunk range of the tensor needs these."""
     dtype = working_dtype(before.dtype)
     shape = tuple(before.shape)
-    # one amax pass per side, shared by every format
     amax_before = None if scaling.mode == "none" else group_amax(before, scaling)
     amax_after = group_amax(after, scaling) if rescale and amax_before is not None else amax_before
     scale_pairs: list[tuple[Scale, Scale]] = []
@@ -238,14 +263,17 @@ def accumulate_tensor(
         s_before = scale_from_amax(amax_before, fmt, scaling, shape, dtype)
         s_after = scale_from_amax(amax_after, fmt, scaling, shape, dtype) if rescale else s_before
         scale_pairs.append((s_before, s_after))
-    acc = accumulate_scaled(
-        before, after, grad, formats, scale_pairs, grad_eps=grad_eps, chunk=chunk, pool=pool
-    )
-    scales = {
+    return scale_pairs
+
+
+def scale_summaries(
+    formats: Sequence[Format], scale_pairs: Sequence[tuple[Scale, Scale]]
+) -> dict[str, ScaleRecord]:
+    """The `scale` entry of each format's record (BEFORE's scales)."""
+    return {
         fmt.name: scale_summary(pair[0], fmt)
         for fmt, pair in zip(formats, scale_pairs, strict=True)
     }
-    return acc, scales
 
 
 def accumulate_scaled(
@@ -263,15 +291,61 @@ def accumulate_scaled(
     `Scale` pair, all of one scaling (it sets the chunk layout). `accumulate_tensor` computes
     the scales and comes here; the seed functions, whose callers hand them a scale, come here
     too, so they run the CLI's chunks, kernel and merge order and get its numbers to the bit."""
+    layout = layout_scaling(scale_pairs)
+    ranges = chunk_ranges(tuple(before.shape), layout, chunk)
+    acc = TensorAccumulator(tuple(formats), grad is not None)
+    for part in accumulate_ranges(
+        before, after, grad, formats, scale_pairs, ranges, grad_eps=grad_eps, pool=pool
+    ):
+        acc.merge(part)
+    return acc
+
+
+def layout_scaling(scale_pairs: Sequence[tuple[Scale, Scale]]) -> Scaling:
+    """The scaling that sets a tensor's 2-D view and chunks: the formats' (all share one), or
+    one flat row when there is no format."""
+    return scale_pairs[0][0].scaling if scale_pairs else Scaling("tensor")
+
+
+def chunk_ranges(
+    shape: tuple[int, ...], scaling: Scaling, chunk: int, per_range: int = RANGE_CHUNKS
+) -> list[list[Bounds]]:
+    """The tensor's chunks in order, cut into consecutive ranges of `per_range` chunks (the last
+    may hold fewer); `scaling` is the layout's (`layout_scaling`).
+
+    This is the fixed reduction tree of a tensor: chunks fold into their range, ranges into the
+    tensor. It depends on the shape, the scaling and the chunk size only, so a range computed
+    anywhere (a thread here, a Dask task elsewhere) merges into the same numbers, to the bit."""
+    rows, cols = Scale(scaling, torch.ones(()), shape).view_shape()
+    align = scaling.block if scaling.mode == "block" else 1
+    chunks = list(iter_chunks(rows, cols, chunk, align))
+    return [chunks[i : i + per_range] for i in range(0, len(chunks), per_range)]
+
+
+def accumulate_ranges(
+    before: Tensor,
+    after: Tensor,
+    grad: Tensor | None,
+    formats: Sequence[Format],
+    scale_pairs: Sequence[tuple[Scale, Scale]],
+    ranges: Sequence[Sequence[Bounds]],
+    *,
+    grad_eps: float = DEFAULT_GRAD_EPS,
+    pool: ChunkPool | None = None,
+) -> Iterator[TensorAccumulator]:
+    """One accumulator per range of `chunk_ranges`, each its chunks merged in order.
+
+    `before`/`after`/`grad` are the whole tensors (views cost nothing); only the chunks named in
+    `ranges` are read. With a `pool`, chunks run on its threads, across range boundaries."""
     formats = tuple(formats)
     dtype = working_dtype(before.dtype)
-    layout = scale_pairs[0][0] if scale_pairs else None
-    rows, cols = layout.view_shape() if layout is not None else (1, before.numel())
+    rows, cols = Scale(
+        layout_scaling(scale_pairs), torch.ones(()), tuple(before.shape)
+    ).view_shape()
     b2, a2 = before.reshape(rows, cols), after.reshape(rows, cols)
     g2 = grad.reshape(rows, cols) if grad is not None else None
-    align = layout.scaling.block if layout is not None and layout.scaling.mode == "block" else 1
 
-    def one_chunk(bounds: tuple[int, int, int, int]) -> TensorAccumulator:
+    def one_chunk(bounds: Bounds) -> TensorAccumulator:
         r0, r1, c0, c1 = bounds
         pairs = [
             tuple(None if s.is_unit else s.for_chunk(r0, r1, c0, c1).to(dtype) for s in pair)
@@ -287,8 +361,15 @@ def accumulate_scaled(
         )
         return part
 
-    acc = TensorAccumulator(formats, grad is not None)
+    owner = [i for i, bounds in enumerate(ranges) for _ in bounds]
+    flat = (bounds for chunks in ranges for bounds in chunks)
+    current, index = None, -1
     with one_torch_thread():  # per-chunk sums that do not depend on the machine's core count
-        for part in ordered_map(one_chunk, iter_chunks(rows, cols, chunk, align), pool):
-            acc.merge(part)
-    return acc
+        for i, part in zip(owner, ordered_map(one_chunk, flat, pool), strict=True):
+            if i != index:
+                if current is not None:
+                    yield current
+                current, index = TensorAccumulator(formats, grad is not None), i
+            current.merge(part)
+    if current is not None:
+        yield current
