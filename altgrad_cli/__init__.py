@@ -10,6 +10,7 @@ from altgrad_cli.numerics.quantize import encode, quantize
 from altgrad_cli.numerics.rounding import decode
 from altgrad_cli.numerics.scaling import Scale, Scaling, compute_scale
 from altgrad_cli.pipeline import analyze
+from altgrad_cli.trajectories import trajectory
 from altgrad_cli.training.seed import (
     compute_stiffness_field,
     compute_ulp_distance,
@@ -66,5 +67,6 @@ __all__ = [
     "quantize",
     "registry",
     "tensor_metrics",
+    "trajectory",
     "ulp_statistics",
 ]
