@@ -23,7 +23,6 @@ COLUMNS = [
     ("frozen", "frozen_frac"),
     ("osc rate", "oscillation_rate"),
     ("path eff", "path_efficiency"),
-    ("net flip", "net_flipped_frac"),
 ]
 
 
