@@ -33,7 +33,8 @@ class TinyMLP(torch.nn.Module):
         return self.head(torch.relu(self.hidden(torch.relu(self.embed(x)))))
 
 
-def main() -> None:
+def main(out: Path | None = None) -> None:
+    """Train and write the checkpoints into `out` (default: the trajectory/ folder beside this file)."""
     torch.manual_seed(0)
     torch.set_num_threads(1)
     model = TinyMLP()
@@ -42,8 +43,8 @@ def main() -> None:
     y = (x[:, :4] * torch.tensor([1.0, 2.0, 3.0, 4.0])).argmax(dim=1)
     noisy = torch.rand(1024) < 0.1
     y = torch.where(noisy, torch.randint(0, 4, (1024,)), y)
-    out = Path(__file__).parent / "trajectory"
-    out.mkdir(exist_ok=True)
+    out = Path(__file__).parent / "trajectory" if out is None else Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     for step in range(1, STEPS + 1):
         batch = torch.randint(0, 1024, (BATCH,))
         optimizer.zero_grad()

@@ -65,9 +65,7 @@ def align_tensors(
             if (p := _common_prefix(list(m)))
         ]
         hint = f" ({'; '.join(hints)}: try --strip-prefix)" if hints else ""
-        raise InputError(
-            checkpoints[0].path, f"no tensor name is in every checkpoint{hint}"
-        )
+        raise InputError(checkpoints[0].path, f"no tensor name is in every checkpoint{hint}")
     if not tracks:
         detail = f" ({len(skipped)} skipped)" if skipped else ""
         raise InputError(checkpoints[0].path, f"nothing to follow: no tensors selected{detail}")

@@ -36,9 +36,7 @@ def sparkline(values: tuple[int, ...] | list[int], width: int = SPARK_WIDTH) -> 
     peak = max(values, default=0)
     if peak == 0:
         return "·" * len(values)
-    return "".join(
-        "·" if v == 0 else SPARK[max(0, min(7, round(7 * v / peak)))] for v in values
-    )
+    return "".join("·" if v == 0 else SPARK[max(0, min(7, round(7 * v / peak)))] for v in values)
 
 
 def _layer_table(report: TrajectoryReport) -> Table:
@@ -163,7 +161,9 @@ def render_trajectory_markdown(report: TrajectoryReport) -> str:
     )
     if report.skipped:
         lines += ["", "## Skipped", ""]
-        lines += _md_table(["tensor", "reason"], [[f"`{s.name}`", s.reason] for s in report.skipped])
+        lines += _md_table(
+            ["tensor", "reason"], [[f"`{s.name}`", s.reason] for s in report.skipped]
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -177,5 +177,7 @@ def render_trajectory_csv(report: TrajectoryReport) -> str:
         for key in METRIC_KEYS:
             v = getattr(layer.metrics, key)
             row.append(" ".join(map(str, v)) if isinstance(v, tuple) else repr(v))
-        writer.writerow([layer.name, layer.format, layer.dtype, "x".join(map(str, layer.shape)), *row])
+        writer.writerow(
+            [layer.name, layer.format, layer.dtype, "x".join(map(str, layer.shape)), *row]
+        )
     return out.getvalue()
