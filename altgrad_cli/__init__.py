@@ -10,7 +10,6 @@ from altgrad_cli.numerics.quantize import encode, quantize
 from altgrad_cli.numerics.rounding import decode
 from altgrad_cli.numerics.scaling import Scale, Scaling, compute_scale
 from altgrad_cli.pipeline import analyze
-from altgrad_cli.trajectories import trajectory
 from altgrad_cli.training.seed import (
     compute_stiffness_field,
     compute_ulp_distance,
@@ -20,6 +19,7 @@ from altgrad_cli.training.seed import (
     ulp_statistics,
 )
 from altgrad_cli.training.tracker import WeightFlipTracker
+from altgrad_cli.trajectories import trajectory
 
 __version__ = "0.1.0"
 

@@ -143,7 +143,7 @@ def _reference(series: list[np.ndarray], fmt: str, scaling: str, fixed: bool) ->
 
     scales = [scale(series[0] if fixed else x) for x in series]
     finite = np.logical_and.reduce([np.isfinite(x) for x in series])
-    c = np.stack([_ref_codes(x, fmt, s) for x, s in zip(series, scales)])[:, finite]
+    c = np.stack([_ref_codes(x, fmt, s) for x, s in zip(series, scales, strict=True)])[:, finite]
     n = len(series) - 1
     numel = series[0].size
     d = np.diff(c, axis=0)
@@ -224,7 +224,7 @@ def test_block_scales_follow_each_checkpoint(tmp_path):
     x = [s["a.weight"] for s in series]
     finite = torch.stack([torch.isfinite(v) for v in x]).all(dim=0)
     codes = [ag.encode(v, "e4m3fn", ag.compute_scale(v, "e4m3fn", "block:8"))[finite] for v in x]
-    flips = tuple(int((b != a).sum()) for a, b in zip(codes, codes[1:]))
+    flips = tuple(int((b != a).sum()) for a, b in zip(codes, codes[1:], strict=False))
     got = _layer(report, "a.weight", "e4m3fn")
     assert got.flips_per_step == flips
     assert got.net_flipped == int((codes[-1] != codes[0]).sum())

@@ -62,7 +62,9 @@ class TrajectoryCounts:
             raise ValueError(f"cannot merge {other.steps} steps into {self.steps}")
         self.numel += other.numel
         self.nonfinite += other.nonfinite
-        self.flips_per_step = [a + b for a, b in zip(self.flips_per_step, other.flips_per_step)]
+        self.flips_per_step = [
+            a + b for a, b in zip(self.flips_per_step, other.flips_per_step, strict=True)
+        ]
         self.ever_flipped += other.ever_flipped
         self.net_flipped += other.net_flipped
         self.flip_backs += other.flip_backs

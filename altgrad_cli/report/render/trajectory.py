@@ -32,7 +32,7 @@ def sparkline(values: tuple[int, ...] | list[int], width: int = SPARK_WIDTH) -> 
     values = list(values)
     if len(values) > width:
         edges = [round(i * len(values) / width) for i in range(width + 1)]
-        values = [sum(values[a:b]) for a, b in zip(edges, edges[1:])]
+        values = [sum(values[a:b]) for a, b in zip(edges, edges[1:], strict=False)]
     peak = max(values, default=0)
     if peak == 0:
         return "·" * len(values)
