@@ -367,8 +367,17 @@ def _progress(quiet: bool):
 
 
 @app.command("schema")
-def schema_command() -> None:
+def schema_command(
+    trajectory: Annotated[
+        bool, typer.Option("--trajectory", help="The schema of `altgrad trajectory -o json`.")
+    ] = False,
+) -> None:
     """Print the JSON Schema of the report (`--output json`)."""
+    if trajectory:
+        from altgrad_cli.report.trajectory import trajectory_schema
+
+        sys.stdout.write(json.dumps(trajectory_schema(), indent=2) + "\n")
+        return
     from altgrad_cli.report.schema import report_schema
 
     sys.stdout.write(json.dumps(report_schema(), indent=2) + "\n")

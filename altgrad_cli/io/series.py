@@ -66,7 +66,13 @@ def align_tensors(
         ]
         hint = f" ({'; '.join(hints)}: try --strip-prefix)" if hints else ""
         raise InputError(checkpoints[0].path, f"no tensor name is in every checkpoint{hint}")
+    if not tracks and skipped:
+        first = skipped[0]
+        raise InputError(
+            checkpoints[0].path,
+            f"nothing to follow: all {len(skipped)} tensors skipped"
+            f" (e.g. {first.name!r}: {first.reason})",
+        )
     if not tracks:
-        detail = f" ({len(skipped)} skipped)" if skipped else ""
-        raise InputError(checkpoints[0].path, f"nothing to follow: no tensors selected{detail}")
+        raise InputError(checkpoints[0].path, "nothing to follow: no tensors selected")
     return tracks, skipped
