@@ -20,12 +20,17 @@ from altgrad_cli.io.series import align_tensors
 from altgrad_cli.numerics.formats import Format, get_format
 from altgrad_cli.numerics.scaling import parse_scaling
 from altgrad_cli.pipeline import Progress, analyze
+from altgrad_cli.report.records import FormatInfo
+from altgrad_cli.report.serialize import from_json
 from altgrad_cli.report.trajectory import (
     OscillatingTensor,
     StepReport,
+    TrajectoryInputs,
     TrajectoryLayer,
     TrajectoryMetrics,
+    TrajectoryOptions,
     TrajectoryReport,
+    TrajectoryScale,
     TrajectorySummary,
 )
 
@@ -112,7 +117,12 @@ def trajectory(
                         format=recipe.name,
                         dtype=first.dtype,
                         shape=first.shape,
-                        scale=scales[recipe.name],
+                        scale=TrajectoryScale(
+                            scales[recipe.name]["mode"],
+                            None
+                            if scales[recipe.name]["values"] is None
+                            else tuple(scales[recipe.name]["values"]),
+                        ),
                         metrics=_metrics(counts[recipe.name]),
                     )
                 )
@@ -144,7 +154,7 @@ def trajectory(
     steps_reports = None
     if per_step:
         steps_reports = tuple(
-            StepReport(
+            StepReport.from_report(
                 t,
                 analyze(
                     paths[t - 1],
@@ -162,18 +172,18 @@ def trajectory(
             for t in range(1, len(paths))
         )
     return TrajectoryReport(
-        checkpoints=tuple(paths),
-        options={
-            "formats": [r.name for r in recipes],
-            "scaling": str(parse_scaling(scaling)),
-            "fixed_scale": fixed_scale,
-            "strip_prefix": list(strip_prefix),
-            "include": include,
-            "exclude": exclude,
-            "chunk_size": chunk_size,
-            "per_step": per_step,
-        },
-        formats=tuple(r.format.to_dict() for r in recipes),
+        inputs=TrajectoryInputs(tuple(paths)),
+        options=TrajectoryOptions(
+            formats=tuple(r.name for r in recipes),
+            scaling=str(parse_scaling(scaling)),
+            fixed_scale=fixed_scale,
+            strip_prefix=tuple(strip_prefix),
+            include=include,
+            exclude=exclude,
+            chunk_size=chunk_size,
+            per_step=per_step,
+        ),
+        formats=tuple(from_json(FormatInfo, r.format.to_dict()) for r in recipes),
         layers=tuple(layers),
         summary=tuple(summary),
         skipped=tuple(skipped),

@@ -4,7 +4,6 @@ reference for every key, chunk/thread invariance, the CLI's outputs, rules and e
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 
 import jsonschema
@@ -20,12 +19,10 @@ from altgrad_cli import trajectory
 from altgrad_cli.cli.app import app
 from altgrad_cli.errors import InputError, UsageError
 from altgrad_cli.report.render.trajectory import sparkline
-from altgrad_cli.report.trajectory import METRIC_KEYS, TrajectoryLayer
+from altgrad_cli.report.trajectory import METRIC_KEYS, TrajectoryLayer, trajectory_schema
 
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMA = json.loads(
-    resources.files("altgrad_cli.report").joinpath("trajectory.schema.json").read_text()
-)
+SCHEMA = trajectory_schema()
 
 
 def write_series(folder: Path, steps: list[dict[str, torch.Tensor]]) -> list[Path]:
@@ -288,7 +285,7 @@ def test_per_step_holds_the_pairwise_analyze_records(tmp_path):
     assert [s.step for s in report.per_step] == [1, 2, 3]
     for layer in report.layers:
         pairwise = [
-            next(r for r in step.report.layers if r.name == layer.name).metrics["flips"]
+            next(r for r in step.layers if r.name == layer.name).metrics.flips
             for step in report.per_step
         ]
         assert tuple(pairwise) == layer.metrics.flips_per_step
@@ -297,16 +294,24 @@ def test_per_step_holds_the_pairwise_analyze_records(tmp_path):
     assert data["per_step"][0]["before"] == str(paths[0])
 
 
-def test_schema_names_every_record_field(tmp_path):
+def test_records_json_and_schema(tmp_path):
     paths = write_series(tmp_path / "s", _random_series(5, checkpoints=3))
     report = trajectory(paths, formats=["e4m3fn", "bf16"])
-    layer_schema = SCHEMA["properties"]["layers"]["items"]
-    assert set(layer_schema["properties"]) == set(report.layers[0].to_dict())
-    assert set(layer_schema["required"]) == set(report.layers[0].to_dict())
-    summary_schema = SCHEMA["properties"]["summary"]["items"]
-    assert set(summary_schema["properties"]) == set(report.summary[0].to_dict())
-    assert isinstance(report.layers[0], TrajectoryLayer)
-    jsonschema.validate(report.to_dict(), SCHEMA)
+    layer = report.layers[0]
+    assert isinstance(layer, TrajectoryLayer)
+    assert list(layer.to_dict()) == ["name", "format", "dtype", "shape", "scale", *METRIC_KEYS]
+    assert list(report.summary[0].to_dict()) == ["format", "tensors", *METRIC_KEYS, "worst"]
+    data = report.to_dict()
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+    jsonschema.validate(data, SCHEMA)
+    assert data["layers"][0]["scale"]["mode"] == "tensor"
+    assert len(data["layers"][0]["scale"]["values"]) == 3
+    broken = json.loads(json.dumps(data))
+    broken["layers"][0]["oscillation_rate"] = 1.5
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, SCHEMA)
+    cli = CliRunner().invoke(app, ["schema", "--trajectory"])
+    assert json.loads(cli.stdout) == SCHEMA
 
 
 # ----------------------------------------------------------------------------- the CLI

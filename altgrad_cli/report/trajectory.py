@@ -1,17 +1,32 @@
-"""The trajectory report: frozen dataclasses for `altgrad trajectory`, their JSON form, no torch.
+"""The trajectory report: frozen dataclasses for `altgrad trajectory`, their JSON and JSON Schema.
 
 One `TrajectoryMetrics` per (tensor, recipe) and per recipe over all tensors, both built from the
 same integer sums by `TrajectoryMetrics.from_counts`, so a summary's ratios are recomputed from
-summed counts, never averaged.
+summed counts, never averaged. JSON comes from the fields (serialize.to_json) and the schema is
+generated from them (schema.py), as for the `analyze` report. No torch here.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
+from functools import cache
 from typing import Any
 
-from altgrad_cli.io.pairing import Skipped
-from altgrad_cli.report.records import Report, lookup
+from altgrad_cli.report.records import (
+    COUNT,
+    FLAT,
+    FRACTION,
+    OMIT_NONE,
+    ChecksSection,
+    Dtype,
+    FormatInfo,
+    LayerRecord,
+    Report,
+    Skipped,
+    SummaryRecord,
+)
+from altgrad_cli.report.schema import _record_schema
+from altgrad_cli.report.serialize import lookup, to_json
 
 TRAJECTORY_SCHEMA = "altgrad.trajectory/1"
 
@@ -24,22 +39,30 @@ def _ratio(numerator: int, denominator: int) -> float:
 class TrajectoryMetrics:
     """SPEC §Trajectories for one (tensor, recipe), or for one recipe over every tensor."""
 
-    steps: int  # n: checkpoints − 1
-    numel: int  # every element of the tensor(s)
-    nonfinite: int  # elements not finite in some checkpoint, left out of every count below
-    flips: int  # Σ flips_per_step
-    flips_per_step: tuple[int, ...]  # #(c_t ≠ c_{t−1}), t = 1 … n
-    ever_flipped: int  # #(code changed at least once)
-    ever_flipped_frac: float  # ever_flipped / numel
-    frozen_frac: float  # 1 − ever_flipped_frac
-    net_flipped: int  # #(c_n ≠ c_0)
-    net_flipped_frac: float  # net_flipped / numel
-    flip_backs: int  # #(t, i): c_{t+1} = c_{t−1} ≠ c_t
-    oscillation_rate: float  # flip_backs / Σ flips of steps 2 … n (0 when none)
-    grid_steps: int  # Σ_t Σ_i |c_t − c_{t−1}|: the path length
-    net_grid_steps: int  # Σ_i |c_n − c_0|
-    path_efficiency: float  # net_grid_steps / grid_steps (0 when nothing moved)
-    frozen_run_mean: float  # mean over counted elements of the longest run of steps without a flip
+    # n = checkpoints − 1; numel: every element; nonfinite: not finite in some checkpoint (left
+    # out of every count below)
+    steps: int = field(metadata={"schema": {"minimum": 1}})
+    numel: int = field(metadata=COUNT)
+    nonfinite: int = field(metadata=COUNT)
+    # #(c_t ≠ c_{t−1}) for t = 1 … n, and their sum
+    flips: int = field(metadata=COUNT)
+    flips_per_step: tuple[int, ...] = field(metadata={"schema": {"items": {"minimum": 0}}})
+    # #(code changed at least once); that over numel; 1 − that
+    ever_flipped: int = field(metadata=COUNT)
+    ever_flipped_frac: float = field(metadata=FRACTION)
+    frozen_frac: float = field(metadata=FRACTION)
+    # #(c_n ≠ c_0); that over numel
+    net_flipped: int = field(metadata=COUNT)
+    net_flipped_frac: float = field(metadata=FRACTION)
+    # #(t, i) with c_{t+1} = c_{t−1} ≠ c_t; that over the flips of steps 2 … n (0 when none)
+    flip_backs: int = field(metadata=COUNT)
+    oscillation_rate: float = field(metadata=FRACTION)
+    # Σ_t Σ_i |c_t − c_{t−1}| (the path length); Σ_i |c_n − c_0|; net over path (0: no motion)
+    grid_steps: int = field(metadata=COUNT)
+    net_grid_steps: int = field(metadata=COUNT)
+    path_efficiency: float = field(metadata=FRACTION)
+    # per counted element, the longest run of steps without a flip; its mean
+    frozen_run_mean: float = field(metadata={"schema": {"minimum": 0}})
 
     @classmethod
     def from_counts(
@@ -77,12 +100,18 @@ class TrajectoryMetrics:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["flips_per_step"] = list(self.flips_per_step)
-        return out
+        return to_json(self)
 
 
 METRIC_KEYS = tuple(f.name for f in fields(TrajectoryMetrics))
+
+
+@dataclass(frozen=True)
+class TrajectoryScale:
+    """The scaling mode, and each checkpoint's scale when there is one per tensor (else null)."""
+
+    mode: str
+    values: tuple[float, ...] | None
 
 
 @dataclass(frozen=True)
@@ -91,20 +120,13 @@ class TrajectoryLayer:
 
     name: str
     format: str
-    dtype: str
-    shape: tuple[int, ...]
-    scale: dict[str, Any]  # mode, and per-checkpoint values when there is one scale per tensor
-    metrics: TrajectoryMetrics
+    dtype: Dtype
+    shape: tuple[int, ...] = field(metadata={"schema": {"items": {"minimum": 0}}})
+    scale: TrajectoryScale
+    metrics: TrajectoryMetrics = field(metadata=FLAT)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "format": self.format,
-            "dtype": self.dtype,
-            "shape": list(self.shape),
-            "scale": self.scale,
-            **self.metrics.to_dict(),
-        }
+        return to_json(self)
 
     def get(self, key: str) -> Any:
         """A dotted key (`oscillation_rate`) of the record; KeyError if absent."""
@@ -116,13 +138,10 @@ class OscillatingTensor:
     """One entry of a summary's worst list."""
 
     name: str
-    oscillation_rate: float
-    flip_backs: int
-    ever_flipped_frac: float
-    path_efficiency: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    oscillation_rate: float = field(metadata=FRACTION)
+    flip_backs: int = field(metadata=COUNT)
+    ever_flipped_frac: float = field(metadata=FRACTION)
+    path_efficiency: float = field(metadata=FRACTION)
 
 
 @dataclass(frozen=True)
@@ -130,17 +149,12 @@ class TrajectorySummary:
     """One recipe over every tensor: counts summed, ratios recomputed, most oscillating tensors."""
 
     format: str
-    tensors: int
-    metrics: TrajectoryMetrics
+    tensors: int = field(metadata=COUNT)
+    metrics: TrajectoryMetrics = field(metadata=FLAT)
     worst: tuple[OscillatingTensor, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": self.format,
-            "tensors": self.tensors,
-            **self.metrics.to_dict(),
-            "worst": [w.to_dict() for w in self.worst],
-        }
+        return to_json(self)
 
     def get(self, key: str) -> Any:
         return lookup(self.to_dict(), key)
@@ -148,52 +162,82 @@ class TrajectorySummary:
 
 @dataclass(frozen=True)
 class StepReport:
-    """`--per-step`: the `analyze` report of checkpoints t−1 → t."""
+    """`--per-step`: the `analyze` records of checkpoints t−1 → t."""
 
-    step: int
-    report: Report
+    step: int = field(metadata={"schema": {"minimum": 1}})
+    before: str
+    after: str
+    layers: tuple[LayerRecord, ...]
+    summary: tuple[SummaryRecord, ...]
+    skipped: tuple[Skipped, ...]
 
-    def to_dict(self) -> dict[str, Any]:
-        data = self.report.to_dict()
-        return {
-            "step": self.step,
-            "before": data["inputs"]["before"],
-            "after": data["inputs"]["after"],
-            "layers": data["layers"],
-            "summary": data["summary"],
-            "skipped": data["skipped"],
-        }
+    @classmethod
+    def from_report(cls, step: int, report: Report) -> StepReport:
+        return cls(
+            step,
+            report.inputs.before,
+            report.inputs.after,
+            report.layers,
+            report.summary,
+            report.skipped,
+        )
+
+
+@dataclass(frozen=True)
+class TrajectoryInputs:
+    checkpoints: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TrajectoryOptions:
+    """The options that shaped the numbers, echoed so a saved report says how it was made."""
+
+    formats: tuple[str, ...]
+    scaling: str
+    fixed_scale: bool
+    strip_prefix: tuple[str, ...]
+    include: str | None
+    exclude: str | None
+    chunk_size: int = field(metadata={"schema": {"minimum": 1}})
+    per_step: bool
 
 
 @dataclass(frozen=True)
 class TrajectoryReport:
     """What `altgrad trajectory` renders and `altgrad_cli.trajectory` returns."""
 
-    checkpoints: tuple[str, ...]
-    options: dict[str, Any]
-    formats: tuple[dict[str, Any], ...]
+    inputs: TrajectoryInputs
+    options: TrajectoryOptions
+    formats: tuple[FormatInfo, ...]
     layers: tuple[TrajectoryLayer, ...]
     summary: tuple[TrajectorySummary, ...]
     skipped: tuple[Skipped, ...]
-    per_step: tuple[StepReport, ...] | None = field(default=None)
-    checks: dict[str, Any] | None = field(default=None)
+    per_step: tuple[StepReport, ...] | None = field(default=None, metadata=OMIT_NONE)
+    checks: ChecksSection | None = field(default=None, metadata=OMIT_NONE)
+
+    @property
+    def checkpoints(self) -> tuple[str, ...]:
+        return self.inputs.checkpoints
 
     @property
     def steps(self) -> int:
-        return len(self.checkpoints) - 1
+        return len(self.inputs.checkpoints) - 1
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "schema": TRAJECTORY_SCHEMA,
-            "inputs": {"checkpoints": list(self.checkpoints)},
-            "options": self.options,
-            "formats": list(self.formats),
-            "layers": [layer.to_dict() for layer in self.layers],
-            "summary": [s.to_dict() for s in self.summary],
-            "skipped": [s.to_dict() for s in self.skipped],
-        }
-        if self.per_step is not None:
-            out["per_step"] = [step.to_dict() for step in self.per_step]
-        if self.checks is not None:
-            out["checks"] = self.checks
-        return out
+        return {"schema": TRAJECTORY_SCHEMA, **to_json(self)}
+
+
+@cache
+def trajectory_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of `altgrad trajectory -o json`, generated from the records."""
+    defs: dict[str, Any] = {}
+    body = _record_schema(TrajectoryReport, defs)
+    body["properties"] = {"schema": {"const": TRAJECTORY_SCHEMA}, **body["properties"]}
+    body["required"] = ["schema", *body["required"]]
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": TRAJECTORY_SCHEMA,
+        "title": "altgrad trajectory report",
+        **body,
+        "$defs": dict(sorted(defs.items())),
+    }
