@@ -361,6 +361,12 @@ def test_cli_rules_junit_and_exit_codes(series_paths, tmp_path):
     assert run(*series_paths, "--fail-if", "no_such_key > 1").exit_code == 2
     assert run(*series_paths, "-f", "e9m9").exit_code == 2
     assert run(series_paths[0], series_paths[1], tmp_path / "missing.safetensors").exit_code == 3
+    ranked = run(*series_paths, "-o", "jsonl", "--sort", "flip_backs", "--top", "1")
+    rows = [json.loads(line) for line in ranked.stdout.splitlines()]
+    assert len(rows) == 1 and rows[0]["flip_backs"] == max(
+        r["flip_backs"] for r in json.loads(passing.stdout)["layers"]
+    )
+    assert run(*series_paths, "--sort", "stall_ratio").exit_code == 2
     saved = tmp_path / "t.json"
     assert run(*series_paths, "-o", "json", "--out", saved).exit_code == 0
     check = CliRunner().invoke(app, ["check", str(saved), "--fail-if", "oscillation_rate > 2"])

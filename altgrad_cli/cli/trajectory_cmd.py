@@ -19,7 +19,6 @@ from altgrad_cli.cli.app import (
     _fail,
     _finish_checks,
     _progress,
-    _sorted,
     _write_atomic,
     app,
 )
@@ -46,6 +45,23 @@ def render_trajectory(report, output: Output, width: int | None = None) -> str:
     console = Console(record=True, width=width or 80, file=io.StringIO(), color_system=None)
     render_trajectory_table(report, console)
     return console.export_text()
+
+
+def sort_layers(report, key: str | None, top: int | None):
+    """Layer records by a numeric metric, largest first (name breaks ties), then the first `top`."""
+    from altgrad_cli.report.trajectory import METRIC_KEYS
+
+    layers = list(report.layers)
+    if key is not None:
+        keys = [k for k in METRIC_KEYS if k != "flips_per_step"]
+        if key not in keys:
+            raise UsageError(f"--sort {key!r}: not a trajectory metric; choose {', '.join(keys)}")
+        layers.sort(key=lambda layer: (-getattr(layer.metrics, key), layer.name))
+    if top is not None:
+        if top < 0:
+            raise UsageError("--top must be >= 0")
+        layers = layers[:top]
+    return replace(report, layers=tuple(layers))
 
 
 @app.command("trajectory")
@@ -136,7 +152,7 @@ def trajectory_command(
         if rules:
             results = evaluate(report.to_dict(), rules, layer=layer)
             report = replace(report, checks=checks_section(rules, results))
-        report = _sorted(report, sort, top)
+        report = sort_layers(report, sort, top)
         text = render_trajectory(report, output)
         if out is not None:
             _write_atomic(out, text)
