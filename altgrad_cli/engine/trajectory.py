@@ -9,8 +9,10 @@ merges exactly: the report does not depend on the chunk size or the number of th
 
 Scales: each checkpoint is divided by its own scale (as training would quantize it), or, with
 `fixed_scale`, by C0's. Per-tensor and per-channel scales are computed up front (one amax pass per
-checkpoint; at most one value per channel is kept), block scales inside each chunk, which always
-holds whole blocks, so no per-block array of the tensor is ever kept.
+checkpoint; what is kept is one number, or one per channel, per checkpoint), block scales inside
+each chunk, which always holds whole blocks, so no per-block array of the tensor is ever kept.
+Elements not finite in some checkpoint are found by one isfinite pass over the chunk of every
+checkpoint first, so that every count leaves them out from the first step on.
 """
 
 from __future__ import annotations
@@ -26,7 +28,13 @@ from altgrad_cli.numerics.bits import working_dtype
 from altgrad_cli.numerics.formats import Format
 from altgrad_cli.numerics.layout import iter_chunks
 from altgrad_cli.numerics.rounding import encode_scaled
-from altgrad_cli.numerics.scaling import Scale, Scaling, group_amax, scale_from_amax
+from altgrad_cli.numerics.scaling import (
+    Scale,
+    Scaling,
+    compute_scale,
+    group_amax,
+    scale_from_amax,
+)
 
 
 @dataclass(frozen=True)
@@ -149,7 +157,7 @@ def _scale_source(
 
         return block_scale, None
     sources = tensors[:1] if fixed_scale else tensors
-    scales = [scale_from_amax(group_amax(x, scaling), fmt, scaling, shape, dtype) for x in sources]
+    scales = [compute_scale(x, fmt, scaling) for x in sources]
 
     def precomputed(t: int, x: Tensor, bounds: tuple[int, int, int, int]) -> Tensor:
         return scales[0 if fixed_scale else t].for_chunk(*bounds).to(dtype)
