@@ -255,7 +255,11 @@ def test_missing_and_mismatched_tensors_are_skipped(tmp_path):
         {"w": torch.ones(4), "shape": torch.ones(4), "ints": torch.ones(2)},
     ]
     series[0]["ints"] = series[0]["ints"].to(torch.int32)
-    report = trajectory(write_series(tmp_path / "s", series))
+    paths = write_series(tmp_path / "s", series)
+    cli = run(*paths, "-o", "json")
+    assert cli.exit_code == 0 and "3 of 4 tensors skipped" in cli.stderr
+    assert [s["name"] for s in json.loads(cli.stdout)["skipped"]] == ["ints", "only0", "shape"]
+    report = trajectory(paths)
     assert [layer.name for layer in report.layers] == ["w"]
     reasons = {s.name: s.reason for s in report.skipped}
     assert reasons == {

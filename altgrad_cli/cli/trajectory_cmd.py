@@ -19,11 +19,13 @@ from altgrad_cli.cli.app import (
     _fail,
     _finish_checks,
     _progress,
+    _warn,
     _write_atomic,
     app,
 )
 from altgrad_cli.errors import AltgradError, UsageError
 from altgrad_cli.report.checks import checks_section, evaluate, parse_rule
+from altgrad_cli.report.records import skipped_summary
 
 
 def render_trajectory(report, output: Output, width: int | None = None) -> str:
@@ -148,6 +150,8 @@ def trajectory_command(
                 progress=progress,
                 threads=threads,
             )
+        if report.skipped:
+            _warn(skipped_summary(report.skipped, len({r.name for r in report.layers})))
         results = []
         if rules:
             results = evaluate(report.to_dict(), rules, layer=layer)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -67,11 +68,11 @@ def align_tensors(
         hint = f" ({'; '.join(hints)}: try --strip-prefix)" if hints else ""
         raise InputError(checkpoints[0].path, f"no tensor name is in every checkpoint{hint}")
     if not tracks and skipped:
-        first = skipped[0]
+        reason, count = Counter(s.reason for s in skipped).most_common(1)[0]
         raise InputError(
             checkpoints[0].path,
-            f"nothing to follow: all {len(skipped)} tensors skipped"
-            f" (e.g. {first.name!r}: {first.reason})",
+            f"nothing to follow: all {len(skipped)} tensors were skipped "
+            f"(commonest reason, {count} of them: {reason})",
         )
     if not tracks:
         raise InputError(checkpoints[0].path, "nothing to follow: no tensors selected")
