@@ -298,6 +298,9 @@ def test_per_step_holds_the_pairwise_analyze_records(tmp_path):
     data = report.to_dict()
     jsonschema.validate(data, SCHEMA)
     assert data["per_step"][0]["before"] == str(paths[0])
+    table = run(*paths, "--per-step", "-q").stdout
+    assert "Per step (analyze of C(t-1) -> C(t), all tensors)" in table
+    assert max(len(line) for line in table.splitlines()) <= 80
 
 
 def test_records_json_and_schema(tmp_path):

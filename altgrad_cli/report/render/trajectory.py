@@ -91,8 +91,31 @@ def _worst_table(report: TrajectoryReport) -> Table:
     return table
 
 
+def _per_step_table(report: TrajectoryReport) -> Table:
+    """`--per-step`: each consecutive pair's `analyze` summary, one row per step and format."""
+    table = Table(title="Per step (analyze of C(t-1) -> C(t), all tensors)", title_justify="left")
+    table.add_column("step", justify="right")
+    table.add_column("format", overflow="fold")
+    for header in ("updates", "flips", "flip rate", "stall ratio"):
+        table.add_column(header, justify="right", no_wrap=True)
+    for step in report.per_step or ():
+        for s in step.summary:
+            m = s.metrics
+            table.add_row(
+                str(step.step),
+                s.format,
+                fmt_number(m.updates),
+                fmt_number(m.flips),
+                fmt_number(m.flip_rate),
+                fmt_number(m.stall_ratio),
+            )
+    return table
+
+
 def render_trajectory_table(report: TrajectoryReport, console: Console) -> None:
     parts: list = [_layer_table(report)]
+    if report.per_step:
+        parts.append(_per_step_table(report))
     worst = _worst_table(report)
     if worst.row_count:
         parts.append(worst)
