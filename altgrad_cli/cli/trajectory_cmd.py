@@ -44,7 +44,11 @@ def render_trajectory(report, output: Output, width: int | None = None) -> str:
         return render_trajectory_csv(report)
     if output is Output.markdown:
         return render_trajectory_markdown(report)
-    console = Console(record=True, width=width or 80, file=io.StringIO(), color_system=None)
+    from altgrad_cli.report.render.table import console_width
+
+    console = Console(
+        record=True, width=width or console_width(), file=io.StringIO(), color_system=None
+    )
     render_trajectory_table(report, console)
     return console.export_text()
 

@@ -13,10 +13,12 @@ from rich.table import Table
 from rich.text import Text
 
 from altgrad_cli.report.render.columns import fmt_number
+from altgrad_cli.report.render.table import shorten
 from altgrad_cli.report.trajectory import METRIC_KEYS, TrajectoryReport
 
 SPARK = "▁▂▃▄▅▆▇█"
 SPARK_WIDTH = 12
+OTHER_COLUMNS = 58  # what the layer table needs besides the tensor name (6-character formats)
 
 # (header, key) of the per-layer view
 COLUMNS = [
@@ -39,12 +41,17 @@ def sparkline(values: tuple[int, ...] | list[int], width: int = SPARK_WIDTH) -> 
     return "".join("·" if v == 0 else SPARK[max(0, min(7, round(7 * v / peak)))] for v in values)
 
 
-def _layer_table(report: TrajectoryReport) -> Table:
+def _name_width(console: Console) -> int:
+    """Tensor names are cut from the left to what the console leaves them (never below 16)."""
+    return max(16, console.width - OTHER_COLUMNS)
+
+
+def _layer_table(report: TrajectoryReport, names: int) -> Table:
     table = Table(
         title=f"Trajectory over {report.steps} steps ({len(report.checkpoints)} checkpoints)",
         title_justify="left",
     )
-    table.add_column("tensor", overflow="fold", ratio=1)
+    table.add_column("tensor", no_wrap=True)
     table.add_column("format", overflow="fold")
     for header, _ in COLUMNS:
         table.add_column(header, justify="right", no_wrap=True)
@@ -53,7 +60,7 @@ def _layer_table(report: TrajectoryReport) -> Table:
     for i, layer in enumerate(report.layers):
         m = layer.metrics
         table.add_row(
-            layer.name,
+            shorten(layer.name, names),
             layer.format,
             *[fmt_number(getattr(m, key)) for _, key in COLUMNS],
             Text(sparkline(m.flips_per_step), style="cyan"),
@@ -70,10 +77,10 @@ def _layer_table(report: TrajectoryReport) -> Table:
     return table
 
 
-def _worst_table(report: TrajectoryReport) -> Table:
+def _worst_table(report: TrajectoryReport, names: int) -> Table:
     table = Table(title="Most oscillating tensors", title_justify="left")
     table.add_column("format", overflow="fold")
-    table.add_column("tensor", overflow="fold", ratio=1)
+    table.add_column("tensor", no_wrap=True)
     table.add_column("osc rate", justify="right", no_wrap=True)
     table.add_column("flip-backs", justify="right", no_wrap=True)
     table.add_column("path eff", justify="right", no_wrap=True)
@@ -83,7 +90,7 @@ def _worst_table(report: TrajectoryReport) -> Table:
                 continue
             table.add_row(
                 s.format,
-                w.name,
+                shorten(w.name, names),
                 fmt_number(w.oscillation_rate),
                 fmt_number(w.flip_backs),
                 fmt_number(w.path_efficiency),
@@ -113,10 +120,11 @@ def _per_step_table(report: TrajectoryReport) -> Table:
 
 
 def render_trajectory_table(report: TrajectoryReport, console: Console) -> None:
-    parts: list = [_layer_table(report)]
+    names = _name_width(console)
+    parts: list = [_layer_table(report, names)]
     if report.per_step:
         parts.append(_per_step_table(report))
-    worst = _worst_table(report)
+    worst = _worst_table(report, names)
     if worst.row_count:
         parts.append(worst)
     if report.skipped:
