@@ -19,6 +19,7 @@ from altgrad_cli.training.seed import (
     ulp_statistics,
 )
 from altgrad_cli.training.tracker import WeightFlipTracker
+from altgrad_cli.trajectories import trajectory
 
 __version__ = "0.1.0"
 
@@ -66,5 +67,6 @@ __all__ = [
     "quantize",
     "registry",
     "tensor_metrics",
+    "trajectory",
     "ulp_statistics",
 ]

@@ -12,6 +12,9 @@ sampled from /proc while the process runs) beside each:
   (c) altgrad analyze, one format, every metric, JSON to a file
   (d) the same with four formats (e4m3fn, e5m2, E3M4, E0M7)
   (e) a plain whole-tensor implementation of the seed's formulas (the seed-style baseline)
+  (g) altgrad trajectory over 10 checkpoints of the same shapes (C0 = before; each later one
+      drifts by k·Δ and dithers by a fresh N(0, 1/2)·1e-4), one format, JSON to a file; its time
+      per checkpoint is compared with one analyze (c)
   (h) (c) on a 2-worker LocalCluster (`--dask local -j 2`), cluster start included; its JSON must
       equal (c)'s byte for byte (needs altgrad-cli[dask])
 """
@@ -99,6 +102,46 @@ def write_workload(folder: Path, scale: float) -> list[Path]:
             for blocks in _rows(name, shape, seed):
                 for h, block in zip(handles, blocks, strict=True):
                     h.write(block.contiguous().numpy().tobytes())
+    finally:
+        for h in handles:
+            h.close()
+    stamp.touch()
+    return paths
+
+
+TRAJECTORY_CHECKPOINTS = 10
+
+
+def write_trajectory(folder: Path, scale: float) -> list[Path]:
+    """Write C0 … C9 block by block: C_k = before − k·Δ + 1e-4·N(0, 1/2), Δ the workload's step,
+    so every element drifts one way and dithers around the drift (flips, flip-backs, frozen runs)."""
+    paths = [folder / f"trajectory-{k}.safetensors" for k in range(TRAJECTORY_CHECKPOINTS)]
+    stamp = folder / f"trajectory-done-{scale}"
+    if stamp.exists():
+        return paths
+    table = shapes(scale)
+    header, offset = {}, 0
+    for name, shape in table.items():
+        size = 4 * int(torch.tensor(shape).prod())
+        header[name] = {
+            "dtype": "F32",
+            "shape": list(shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    handles = [open(p, "wb") for p in paths]  # noqa: SIM115
+    try:
+        for h in handles:
+            h.write(struct.pack("<Q", len(raw)) + raw)
+        for seed, (name, shape) in enumerate(table.items()):
+            for r0, (before, after, _) in enumerate(_rows(name, shape, seed)):
+                step = before - after
+                for k, h in enumerate(handles):
+                    g = torch.Generator().manual_seed((seed * 1_000_003 + r0) * 16 + k)
+                    dither = torch.randn(before.shape, generator=g) * 0.5e-4
+                    h.write((before - k * step + dither).contiguous().numpy().tobytes())
     finally:
         for h in handles:
             h.close()
@@ -215,7 +258,7 @@ def main() -> None:
         "--skip-seed", action="store_true", help="leave out (e), the slow seed-style baseline"
     )
     parser.add_argument(
-        "--only", default="abcdeh", help="the cases to run, by letter (default: abcdeh)"
+        "--only", default="abcdegh", help="the cases to run, by letter (default: abcdegh)"
     )
     parser.add_argument("--child", choices=sorted(CHILD), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -267,6 +310,20 @@ def main() -> None:
     if "h" in args.only and importlib.util.find_spec("distributed") is None:
         print("(h) left out: Dask is not installed (pip install 'altgrad-cli[dask]')")
         args.only = args.only.replace("h", "")
+    if "g" in args.only:
+        series = write_trajectory(folder, args.scale)
+        cases["(g) trajectory, 10 checkpoints"] = [
+            py,
+            "-m",
+            "altgrad_cli",
+            "trajectory",
+            *map(str, series),
+            "-o",
+            "json",
+            "--quiet",
+            "--out",
+            str(folder / "g.json"),
+        ]
     size = sum(p.stat().st_size for p in paths)
     print(
         f"workload: scale {args.scale:g}, {size / 2**30:.2f} GiB in 3 files; {os.cpu_count()} cores; torch {torch.__version__}"
@@ -292,6 +349,9 @@ def main() -> None:
         ("e/c", "(e)", "(c)"),
         ("h/c", "(h)", "(c)"),
     ]
+    if "(g)" in medians:
+        medians["(g1)"] = medians["(g)"] / TRAJECTORY_CHECKPOINTS
+        ratios.append(("(g per checkpoint)/c", "(g1)", "(c)"))
     print(
         "  ".join(
             f"{name} = {medians[x] / medians[y]:.2f}"

@@ -22,6 +22,7 @@ from altgrad_cli.errors import AltgradError, InputError, UsageError
 from altgrad_cli.numerics.formats import registry
 from altgrad_cli.report.checks import checks_section, evaluate, parse_rule
 from altgrad_cli.report.records import SCHEMA, skipped_summary, to_json
+from altgrad_cli.report.trajectory import TRAJECTORY_SCHEMA
 
 app = typer.Typer(
     add_completion=False,
@@ -351,7 +352,7 @@ def _load_report(path: Path) -> dict:
         raise InputError(path, "permission denied") from error
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InputError(path, f"not a valid JSON report ({error})") from error
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+    if not isinstance(data, dict) or data.get("schema") not in (SCHEMA, TRAJECTORY_SCHEMA):
         raise InputError(path, f"not an altgrad report (expected schema {SCHEMA!r})")
     return data
 
@@ -427,8 +428,17 @@ def _progress(quiet: bool):
 
 
 @app.command("schema")
-def schema_command() -> None:
+def schema_command(
+    trajectory: Annotated[
+        bool, typer.Option("--trajectory", help="The schema of `altgrad trajectory -o json`.")
+    ] = False,
+) -> None:
     """Print the JSON Schema of the report (`--output json`)."""
+    if trajectory:
+        from altgrad_cli.report.trajectory import trajectory_schema
+
+        sys.stdout.write(json.dumps(trajectory_schema(), indent=2) + "\n")
+        return
     from altgrad_cli.report.schema import report_schema
 
     sys.stdout.write(json.dumps(report_schema(), indent=2) + "\n")
@@ -450,3 +460,6 @@ def main() -> None:
             soft_wrap=True,
         )
         raise SystemExit(3) from None
+
+
+from altgrad_cli.cli import trajectory_cmd  # noqa: E402,F401  registers `altgrad trajectory`

@@ -1,0 +1,173 @@
+"""`altgrad trajectory C0 C1 … Cn`: declares its options and forwards them to `trajectory()`."""
+
+from __future__ import annotations
+
+import io
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from altgrad_cli.cli.app import (
+    FailIfOption,
+    JunitOption,
+    LayerOption,
+    Output,
+    _fail,
+    _finish_checks,
+    _progress,
+    _warn,
+    _write_atomic,
+    app,
+)
+from altgrad_cli.errors import AltgradError, UsageError
+from altgrad_cli.report.checks import checks_section, evaluate, parse_rule
+from altgrad_cli.report.records import skipped_summary
+
+
+def render_trajectory(report, output: Output, width: int | None = None) -> str:
+    from altgrad_cli.report.render import json_out
+    from altgrad_cli.report.render.trajectory import (
+        render_trajectory_csv,
+        render_trajectory_markdown,
+        render_trajectory_table,
+    )
+
+    if output is Output.json:
+        return json_out.render_json(report)
+    if output is Output.jsonl:
+        return json_out.render_jsonl(report)
+    if output is Output.csv:
+        return render_trajectory_csv(report)
+    if output is Output.markdown:
+        return render_trajectory_markdown(report)
+    from altgrad_cli.report.render.table import console_width
+
+    console = Console(
+        record=True, width=width or console_width(), file=io.StringIO(), color_system=None
+    )
+    render_trajectory_table(report, console)
+    return console.export_text()
+
+
+def sort_layers(report, key: str | None, top: int | None):
+    """Layer records by a numeric metric, largest first (name breaks ties), then the first `top`."""
+    from altgrad_cli.report.trajectory import METRIC_KEYS
+
+    layers = list(report.layers)
+    if key is not None:
+        keys = [k for k in METRIC_KEYS if k != "flips_per_step"]
+        if key not in keys:
+            raise UsageError(f"--sort {key!r}: not a trajectory metric; choose {', '.join(keys)}")
+        layers.sort(key=lambda layer: (-getattr(layer.metrics, key), layer.name))
+    if top is not None:
+        if top < 0:
+            raise UsageError("--top must be >= 0")
+        layers = layers[:top]
+    return replace(report, layers=tuple(layers))
+
+
+@app.command("trajectory")
+def trajectory_command(
+    checkpoints: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="C0 C1 … Cn",
+            help="Three or more checkpoints of one run in step order (file, sharded folder or index).",
+        ),
+    ],
+    format: Annotated[
+        list[str], typer.Option("--format", "-f", help="Format(s) to follow (repeatable).")
+    ] = ["e4m3fn"],
+    scaling: Annotated[
+        str, typer.Option(help="tensor | pow2 | channel | block:N[:floor|rceil|ceil|even] | none")
+    ] = "tensor",
+    fixed_scale: Annotated[
+        bool,
+        typer.Option("--fixed-scale", help="Quantize every checkpoint under C0's scale."),
+    ] = False,
+    per_step: Annotated[
+        bool,
+        typer.Option("--per-step", help="Add the `analyze` records of each consecutive pair."),
+    ] = False,
+    strip_prefix: Annotated[
+        list[str], typer.Option("--strip-prefix", help="Prefix removed from names (repeatable).")
+    ] = [],
+    include: Annotated[
+        str | None, typer.Option(help="Only tensors whose name matches this regex.")
+    ] = None,
+    exclude: Annotated[
+        str | None, typer.Option(help="Leave out tensors whose name matches this regex.")
+    ] = None,
+    output: Annotated[
+        Output, typer.Option("--output", "-o", help="table | json | jsonl | csv | markdown")
+    ] = Output.table,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Write the report here (atomically) instead of stdout."),
+    ] = None,
+    sort: Annotated[
+        str | None,
+        typer.Option(help="Sort tensors by this key, largest first (e.g. oscillation_rate)."),
+    ] = None,
+    top: Annotated[
+        int | None, typer.Option(help="Keep only the first N tensor records (after --sort).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    chunk_size: Annotated[
+        int, typer.Option("--chunk-size", help="Elements per chunk (memory bound).")
+    ] = 1 << 18,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads", "-j", help="Cores to use (default: all available). Same numbers for any."
+        ),
+    ] = None,
+    fail_if: FailIfOption = [],
+    layer: LayerOption = None,
+    junit: JunitOption = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Follow codes over 3+ checkpoints: frozen weights, oscillation (flip-backs), path efficiency."""
+    from altgrad_cli.trajectories import trajectory
+
+    try:
+        if len(checkpoints) < 3:
+            raise UsageError(f"give at least 3 checkpoints (C0 C1 C2 …), got {len(checkpoints)}")
+        rules = [parse_rule(text) for text in fail_if]
+        if any(rule.uses_baseline for rule in rules):
+            raise UsageError("baseline rules are for `altgrad check --baseline` on a saved report")
+        with _progress(quiet) as progress:
+            report = trajectory(
+                checkpoints,
+                formats=format,
+                scaling=scaling,
+                fixed_scale=fixed_scale,
+                strip_prefix=strip_prefix,
+                include=include,
+                exclude=exclude,
+                per_step=per_step,
+                chunk_size=chunk_size,
+                progress=progress,
+                threads=threads,
+            )
+        if report.skipped:
+            _warn(skipped_summary(report.skipped, len({r.name for r in report.layers})))
+        results = []
+        if rules:
+            results = evaluate(report.to_dict(), rules, layer=layer)
+            report = replace(report, checks=checks_section(rules, results))
+        report = sort_layers(report, sort, top)
+        text = render_trajectory(report, output)
+        if out is not None:
+            _write_atomic(out, text)
+        else:
+            sys.stdout.write(text)
+        _finish_checks(results, junit)
+    except AltgradError as error:
+        if debug:
+            raise
+        _fail(error)
