@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import Tensor
 
@@ -20,7 +20,7 @@ from altgrad_cli.engine.tensor import (
     TensorAccumulator,
     accumulate_tensor,
 )
-from altgrad_cli.errors import UsageError
+from altgrad_cli.io.bounds import check_run_options
 from altgrad_cli.io.checkpoint import Checkpoint
 from altgrad_cli.io.memory import open_checkpoint
 from altgrad_cli.io.pairing import Pair, pair_tensors
@@ -101,6 +101,22 @@ Source = str | os.PathLike[str] | Mapping[str, Tensor]
 """A checkpoint path (file, sharded folder or index) or a state dict of name → tensor."""
 
 
+def update_source(grads_given: bool, with_grads: int, tensors: int) -> str:
+    """The summary's update source: "grads" when every tensor had a gradient, "delta" when none
+    did, "mixed" when some tensors fell back to AFTER - BEFORE (each record says which)."""
+    if not grads_given or with_grads == 0:
+        return "delta"
+    return "grads" if with_grads == tensors else "mixed"
+
+
+def tensors_without_gradient(report: Report) -> tuple[int, int]:
+    """(tensors whose updates came from deltas although --grads was given, tensors analysed)."""
+    sources = {layer.name: layer.metrics.update_source for layer in report.layers}
+    if report.inputs.get("grads") is None:
+        return 0, len(sources)
+    return sum(s != "grads" for s in sources.values()), len(sources)
+
+
 def analyze(
     before: Source,
     after: Source,
@@ -126,11 +142,8 @@ def analyze(
         formats = (formats,)
     fmts = tuple(dict.fromkeys(get_format(f) for f in formats))
     scaling_text = str(parse_scaling(scaling))
-    if chunk_size < 1:
-        raise UsageError(f"--chunk-size must be at least 1, got {chunk_size}")
+    check_run_options(chunk_size=chunk_size, threads=threads, grad_eps=grad_eps)
     threads = available_cores() if threads is None else threads
-    if threads < 1:
-        raise UsageError(f"--threads must be at least 1, got {threads}")
     ckpts = (
         open_checkpoint(before, "before"),
         open_checkpoint(after, "after"),
@@ -159,7 +172,9 @@ def analyze(
             layers.extend(result.records())
             total.merge(result.accumulator)
     summary = []
+    source = update_source(grads is not None, sum(p.grad is not None for p in pairs), len(pairs))
     for fmt, (name, metrics) in zip(fmts, total.results().items(), strict=True):
+        metrics = replace(metrics, update_source=source)
         own = [r for r in layers if r.format == name]
         updated = sorted(
             (r for r in own if r.metrics.updates),  # no update, no stall ratio

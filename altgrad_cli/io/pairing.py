@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import re
 from collections import Counter
 from dataclasses import dataclass
 
-from altgrad_cli.errors import InputError, UsageError
+from altgrad_cli.errors import InputError
 from altgrad_cli.io.checkpoint import Checkpoint, TensorInfo
+from altgrad_cli.io.regex import compile_name_filter
 from altgrad_cli.report.records import Skipped
 
 
@@ -30,18 +30,17 @@ def _strip(name: str, prefixes: tuple[str, ...]) -> str:
 
 
 def _by_stripped(ckpt: Checkpoint, prefixes: tuple[str, ...]) -> dict[str, TensorInfo]:
-    return {_strip(name, prefixes): ckpt.info(name) for name in ckpt.names()}
-
-
-def _compile(pattern: str | None, option: str) -> re.Pattern[str] | None:
-    if pattern is None:
-        return None
-    try:
-        return re.compile(pattern)
-    except re.error as error:
-        raise UsageError(
-            f"{option} {pattern!r} is not a valid regular expression: {error}"
-        ) from error
+    """Names after --strip-prefix; two names that become one are an error, not first-wins."""
+    out: dict[str, TensorInfo] = {}
+    for name in ckpt.names():
+        key = _strip(name, prefixes)
+        if key in out:
+            raise InputError(
+                ckpt.path,
+                f"tensors {out[key].name!r} and {name!r} are both {key!r} after --strip-prefix",
+            )
+        out[key] = ckpt.info(name)
+    return out
 
 
 def _common_prefix(names: list[str]) -> str:
@@ -59,7 +58,8 @@ def pair_tensors(
     exclude: str | None = None,
 ) -> tuple[list[Pair], list[Skipped]]:
     """Pairs in name order, and the skipped names with reasons. Raises when nothing pairs at all."""
-    inc, exc = _compile(include, "--include"), _compile(exclude, "--exclude")
+    inc = compile_name_filter(include, "--include")
+    exc = compile_name_filter(exclude, "--exclude")
     b, a = _by_stripped(before, strip_prefixes), _by_stripped(after, strip_prefixes)
     g = _by_stripped(grads, strip_prefixes) if grads is not None else {}
     pairs: list[Pair] = []
