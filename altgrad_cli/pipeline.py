@@ -112,7 +112,7 @@ def update_source(grads_given: bool, with_grads: int, tensors: int) -> str:
 def tensors_without_gradient(report: Report) -> tuple[int, int]:
     """(tensors whose updates came from deltas although --grads was given, tensors analysed)."""
     sources = {layer.name: layer.metrics.update_source for layer in report.layers}
-    if report.inputs.get("grads") is None:
+    if report.inputs.grads is None:
         return 0, len(sources)
     return sum(s != "grads" for s in sources.values()), len(sources)
 
