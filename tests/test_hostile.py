@@ -103,6 +103,9 @@ def test_out_onto_a_symlink_writes_through_to_its_target(tmp_path):
     assert link.is_symlink() and os.readlink(link) == str(target)
     assert _strict(target.read_text())["schema"] == "altgrad.report/1"
     assert sorted(p.name for p in target.parent.iterdir()) == ["latest.json"]  # no temp left
+    # a device cannot be replaced: it is written to, and stays a device
+    assert cli("analyze", before, after, "-o", "json", "--out", "/dev/null").exit_code == 0
+    assert Path("/dev/null").is_char_device()
 
 
 # ----------------------------------------------------------------------------- reading outside

@@ -48,12 +48,22 @@ def _reason(error: OSError) -> str:
     return (error.strerror or str(error)).lower()
 
 
+def _special(path: Path) -> int | None:
+    """The mode of an existing non-regular file at `path` (after symlinks), else None."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    return None if stat.S_ISREG(mode) else mode
+
+
 def _check_writable(label: str, path: Path) -> None:
+    mode = _special(path)
+    if mode is not None:
+        if stat.S_ISDIR(mode):
+            raise UsageError(f"{label} {path}: is a directory")
+        return  # a device or FIFO (/dev/stdout): written directly
     target = Path(os.path.realpath(path))
-    if target.is_dir():
-        raise UsageError(f"{label} {path}: is a directory")
-    if target.exists() and not target.is_file():
-        return  # a device or FIFO: written directly
     folder = target.parent
     if not folder.is_dir():
         raise UsageError(f"{label} {path}: folder {folder} does not exist")
@@ -113,15 +123,12 @@ def write_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Write `text` to `path` (or, through a symlink, to its target) via a temporary file in
     the same folder and a rename: readers see the old file or the new one, never half of one."""
     given = Path(path)
-    target = Path(os.path.realpath(given))
-    try:
-        st = os.stat(target)
-    except OSError:
-        st = None
     data = text.encode("utf-8")
-    if st is not None and not stat.S_ISREG(st.st_mode):
-        _write_direct(given, target, st.st_mode, data)
+    mode = _special(given)
+    if mode is not None:  # /dev/stdout resolves to a pipe with no path: open the name itself
+        _write_direct(given, given, mode, data)
         return
+    target = Path(os.path.realpath(given))
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=".ag", suffix=".tmp", dir=target.parent)
