@@ -60,6 +60,7 @@ def _fit(
     caption: str | None = None,
 ) -> Table:
     """A table of label columns (the first one shrinkable) and metric columns that fits `width`."""
+    labels = [[printable(text) for text in label] for label in labels]  # measured as shown
 
     def need(name_width: int, kept: int) -> int:
         widths = [name_width] + [
