@@ -240,7 +240,7 @@ class Checkpoint:
         return None, None
 
     def _from_index(self, index: Path) -> dict[str, Path]:
-        data = load_json(index, "a safetensors index", limit=MAX_INDEX_BYTES)
+        data = load_json(index, "safetensors index", limit=MAX_INDEX_BYTES)
         weight_map = data.get("weight_map") if isinstance(data, dict) else None
         if not isinstance(weight_map, dict) or not all(
             isinstance(v, str) for v in weight_map.values()

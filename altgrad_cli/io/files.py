@@ -63,7 +63,7 @@ def open_regular(path: str | os.PathLike[str], expected: str = "a regular file")
 
 
 def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+    raise ValueError(f"{name} is not JSON")
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -140,10 +140,11 @@ def read_capped(path: str | os.PathLike[str], limit: int, expected: str) -> byte
     return raw
 
 
-def load_json(path: str | os.PathLike[str], expected: str, *, limit: int | None = None) -> Any:
-    """Read and strictly parse a JSON input file, or raise InputError naming the file."""
-    raw = read_capped(path, MAX_JSON_BYTES if limit is None else limit, expected)
+def load_json(path: str | os.PathLike[str], what: str, *, limit: int | None = None) -> Any:
+    """Read and strictly parse a JSON input file (`what`: "JSON report", "safetensors index"),
+    or raise InputError naming the file."""
+    raw = read_capped(path, MAX_JSON_BYTES if limit is None else limit, f"a {what}")
     try:
         return parse_json(raw)
     except ValueError as error:
-        raise InputError(path, f"not valid JSON for {expected}: {error}") from None
+        raise InputError(path, f"not a valid {what} ({error})") from None

@@ -19,7 +19,7 @@ def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A saved `analyze -o json` report, or InputError naming the file and the first problem."""
     from altgrad_cli.report.records import Report
 
-    data = load_json(path, "an altgrad JSON report")
+    data = load_json(path, "JSON report")
     try:
         Report.from_dict(data)
     except (ValueError, TypeError) as error:

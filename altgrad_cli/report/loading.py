@@ -19,7 +19,7 @@ def read_report_json(path: Path, schemas: tuple[str, ...] = READABLE_SCHEMAS) ->
     """The JSON object in `path`; InputError (exit 3) when unreadable or not one of `schemas`."""
     # regular files only, size-capped, strict (no NaN, duplicate keys, 5000-digit integers, 100k
     # levels of nesting): every one of those is one InputError line, never a hang or a crash
-    data = load_json(path, "a JSON report")
+    data = load_json(path, "JSON report")
     schema = data.get("schema") if isinstance(data, dict) else None
     if schema not in schemas:
         expected = " or ".join(repr(s) for s in schemas)
