@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import Tensor
 
@@ -21,6 +21,7 @@ from altgrad_cli.engine.tensor import (
     accumulate_tensor,
 )
 from altgrad_cli.errors import UsageError
+from altgrad_cli.io.bounds import check_run_options
 from altgrad_cli.io.checkpoint import Checkpoint
 from altgrad_cli.io.memory import open_checkpoint
 from altgrad_cli.io.pairing import Pair, pair_tensors
@@ -126,6 +127,22 @@ def iter_dask_results(
         yield TensorResult(pair, acc, scales)
 
 
+def update_source(grads_given: bool, with_grads: int, tensors: int) -> str:
+    """The summary's update source: "grads" when every tensor had a gradient, "delta" when none
+    did, "mixed" when some tensors fell back to AFTER - BEFORE (each record says which)."""
+    if not grads_given or with_grads == 0:
+        return "delta"
+    return "grads" if with_grads == tensors else "mixed"
+
+
+def tensors_without_gradient(report: Report) -> tuple[int, int]:
+    """(tensors whose updates came from deltas although --grads was given, tensors analysed)."""
+    sources = {layer.name: layer.metrics.update_source for layer in report.layers}
+    if report.inputs.grads is None:
+        return 0, len(sources)
+    return sum(s != "grads" for s in sources.values()), len(sources)
+
+
 def analyze(
     before: Source,
     after: Source,
@@ -155,16 +172,13 @@ def analyze(
         formats = (formats,)
     fmts = tuple(dict.fromkeys(get_format(f) for f in formats))
     scaling_text = str(parse_scaling(scaling))
-    if chunk_size < 1:
-        raise UsageError(f"--chunk-size must be at least 1, got {chunk_size}")
+    check_run_options(chunk_size=chunk_size, threads=threads, grad_eps=grad_eps)
     if dask not in (None, "local") and threads is not None:
         raise UsageError(
             "--threads sets the worker count of --dask local; a cluster's workers have their own "
             "(dask worker --nworkers)"
         )
     threads = available_cores() if threads is None else threads
-    if threads < 1:
-        raise UsageError(f"--threads must be at least 1, got {threads}")
     if dask is not None and any(isinstance(x, Mapping) for x in (before, after, grads)):
         raise UsageError("--dask workers open checkpoints by path; pass paths, not state dicts")
     ckpts = (
@@ -198,7 +212,9 @@ def analyze(
             layers.extend(result.records())
             total.merge(result.accumulator)
     summary = []
+    source = update_source(grads is not None, sum(p.grad is not None for p in pairs), len(pairs))
     for fmt, (name, metrics) in zip(fmts, total.results().items(), strict=True):
+        metrics = replace(metrics, update_source=source)
         own = [r for r in layers if r.format == name]
         updated = sorted(
             (r for r in own if r.metrics.updates),  # no update, no stall ratio

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import importlib
 import json
@@ -129,14 +128,14 @@ def test_index_naming_a_missing_shard(tmp_path, good):
 def test_permission_denied(tmp_path, good, monkeypatch):
     locked = tmp_path / "locked.safetensors"
     locked.write_bytes(good.read_bytes())
-    real_open = builtins.open
+    real_open = os.open
 
     def guarded(file, *args, **kwargs):  # root ignores chmod, so deny the way the OS would
         if str(file) == str(locked):
             raise PermissionError(13, "Permission denied", str(file))
         return real_open(file, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "open", guarded)
+    monkeypatch.setattr(os, "open", guarded)
     _one_line_error(run(locked, good), "locked.safetensors", "permission denied")
 
 

@@ -18,11 +18,11 @@ from rich.console import Console
 from rich.markup import escape
 
 from altgrad_cli.engine.allocator import keep_freed_buffers
-from altgrad_cli.errors import AltgradError, InputError, UsageError
+from altgrad_cli.errors import AltgradError, UsageError
+from altgrad_cli.io.output import append_text, guard_outputs, write_atomic
 from altgrad_cli.numerics.formats import registry
 from altgrad_cli.report.checks import checks_section, evaluate, parse_rule
-from altgrad_cli.report.records import SCHEMA, skipped_summary, to_json
-from altgrad_cli.report.trajectory import TRAJECTORY_SCHEMA
+from altgrad_cli.report.records import skipped_summary, to_json
 
 app = typer.Typer(
     add_completion=False,
@@ -41,19 +41,28 @@ def _fail(error: AltgradError) -> None:
     """One line on stderr and the error's exit code; the traceback only with --debug/ALTGRAD_DEBUG."""
     if os.environ.get("ALTGRAD_DEBUG") == "1":
         raise error
-    if isinstance(error, UsageError):
-        Console(stderr=True, highlight=False).print(
-            f"[red]usage error:[/red] {escape(str(error))}", soft_wrap=True
-        )
-        raise typer.Exit(error.exit_code)
-    Console(stderr=True, highlight=False).print(
-        f"[red]error:[/red] {escape(str(error))}", soft_wrap=True
-    )
+    label = "usage error: " if isinstance(error, UsageError) else "error: "
+    _error_line(label, str(error))
     raise typer.Exit(error.exit_code)
 
 
 def _warn(line: str) -> None:
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"altgrad: {line}", markup=False)
+    from altgrad_cli.report.render.safe_text import printable
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        f"altgrad: {printable(line)}", markup=False
+    )
+
+
+def _error_line(label: str, message: str) -> None:
+    """One stderr line: the label in red, the message literally (no markup, controls escaped)."""
+    from rich.text import Text
+
+    from altgrad_cli.report.render.safe_text import printable
+
+    Console(stderr=True, highlight=False).print(
+        Text.assemble((label, "red"), printable(message)), soft_wrap=True
+    )
 
 
 def _version(value: bool) -> None:
@@ -96,17 +105,6 @@ class Output(str, Enum):
     csv = "csv"
     markdown = "markdown"
     html = "html"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename: a failed run never leaves half a report."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as error:
-        tmp.unlink(missing_ok=True)
-        raise InputError(path, f"cannot write: {error.strerror or error}") from error
 
 
 def _render(report, output: Output, width: int | None = None) -> str:
@@ -229,6 +227,7 @@ def analyze_command(
     from altgrad_cli.pipeline import analyze
 
     try:
+        guard_outputs(_outputs(out, junit, fail_if), [before, after, grads, baseline])
         rules = [parse_rule(text) for text in fail_if]
         if output is Output.html:
             from altgrad_cli.report.render.html import require_plotly
@@ -255,6 +254,7 @@ def analyze_command(
             )
         if report.skipped:
             _warn(skipped_summary(report.skipped, len({r.name for r in report.layers})))
+        _warn_missing_gradients(report)
         results = []
         if rules:
             results = evaluate(report.to_dict(), rules, baseline=baseline_report, layer=layer)
@@ -262,7 +262,7 @@ def analyze_command(
         report = _sorted(report, sort, top)
         text = _render(report, output)
         if out is not None:
-            _write_atomic(out, text)
+            write_atomic(out, text)
         else:
             sys.stdout.write(text)
         _finish_checks(results, junit)
@@ -293,6 +293,7 @@ def check_command(
     try:
         if not fail_if:
             raise UsageError("give at least one --fail-if RULE")
+        guard_outputs(_outputs(None, junit, fail_if), [report_path, baseline])
         rules = [parse_rule(text) for text in fail_if]
         report = _load_report(report_path)
         baseline_report = _load_report(baseline) if baseline is not None else None
@@ -300,7 +301,10 @@ def check_command(
             report, rules, baseline=baseline_report, layer=layer, formats=format or None
         )
         if output is Output.json:
-            sys.stdout.write(json.dumps(to_json(checks_section(rules, results)), indent=2) + "\n")
+            sys.stdout.write(
+                json.dumps(to_json(checks_section(rules, results)), indent=2, allow_nan=False)
+                + "\n"
+            )
         _finish_checks(results, junit)
     except AltgradError as error:
         if debug:
@@ -326,6 +330,7 @@ def render_command(
     from altgrad_cli.report.loading import read_report_json, report_from_dict
 
     try:
+        guard_outputs({"--out": out}, [report_path])
         data = read_report_json(report_path)
         if output is Output.html:
             from altgrad_cli.report.render.html import render_html
@@ -334,7 +339,7 @@ def render_command(
         else:
             text = _render(report_from_dict(data, report_path), output)
         if out is not None:
-            _write_atomic(out, text)
+            write_atomic(out, text)
         else:
             sys.stdout.write(text)
     except AltgradError as error:
@@ -344,17 +349,26 @@ def render_command(
 
 
 def _load_report(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as error:
-        raise InputError(path, "no such file") from error
-    except PermissionError as error:
-        raise InputError(path, "permission denied") from error
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(path, f"not a valid JSON report ({error})") from error
-    if not isinstance(data, dict) or data.get("schema") not in (SCHEMA, TRAJECTORY_SCHEMA):
-        raise InputError(path, f"not an altgrad report (expected schema {SCHEMA!r})")
-    return data
+    from altgrad_cli.io.report_file import load_report
+
+    return load_report(path)
+
+
+def _outputs(out: Path | None, junit: Path | None, fail_if: list[str]) -> dict:
+    summary = os.environ.get("GITHUB_STEP_SUMMARY") if fail_if else None
+    return {"--out": out, "--junit": junit, "GITHUB_STEP_SUMMARY": summary}
+
+
+def _warn_missing_gradients(report) -> None:
+    """One stderr line when --grads lacked some tensors: their updates came from deltas."""
+    from altgrad_cli.pipeline import tensors_without_gradient
+
+    missing, total = tensors_without_gradient(report)
+    if missing:
+        _warn(
+            f"{missing} of {total} tensors have no gradient in --grads; their updates come from "
+            'AFTER - BEFORE (update_source "delta" in their records, "mixed" in the summary)',
+        )
 
 
 def _finish_checks(results: list, junit: Path | None) -> None:
@@ -362,18 +376,22 @@ def _finish_checks(results: list, junit: Path | None) -> None:
     if not results and junit is None:
         return
     from altgrad_cli.report.render.junit import render_junit, render_step_summary
+    from altgrad_cli.report.render.safe_text import printable
 
     if junit is not None:
-        _write_atomic(junit, render_junit(results))
+        write_atomic(junit, render_junit(results))
     summary_path = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary_path and results:
-        with open(summary_path, "a", encoding="utf-8") as handle:
-            handle.write(render_step_summary(results, shlex.join(["altgrad", *sys.argv[1:]])))
+        append_text(
+            summary_path, render_step_summary(results, shlex.join(["altgrad", *sys.argv[1:]]))
+        )
     failed = [r for r in results if r.status == "fail"]
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     for r in failed:
         err.print(
-            f"FAIL {r.rule}: {r.target} [{r.format}] = {r.value!r} (threshold {r.threshold!r})",
+            printable(
+                f"FAIL {r.rule}: {r.target} [{r.format}] = {r.value!r} (threshold {r.threshold!r})"
+            ),
             markup=False,
         )
     if results:
@@ -411,6 +429,8 @@ def _progress(quiet: bool):
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from altgrad_cli.report.render.safe_text import printable
+
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -422,7 +442,8 @@ def _progress(quiet: bool):
         task = bar.add_task("analysing", total=None)
 
         def update(done: int, total: int, name: str) -> None:
-            bar.update(task, completed=done, total=total, description=name[:40])
+            label = escape(printable(name[:40]))  # a name is text, never markup
+            bar.update(task, completed=done, total=total, description=label)
 
         yield update
 
@@ -446,6 +467,9 @@ def schema_command(
 
 def main() -> None:
     keep_freed_buffers()
+    from altgrad_cli.io import sigbus
+
+    sigbus.install()  # a checkpoint truncated mid-read: exit 3 naming it, not death by SIGBUS
     try:
         app()
     except AltgradError as error:  # raised outside a command body (option callbacks)
@@ -455,9 +479,9 @@ def main() -> None:
     ) as error:  # a bug, not bad input: still one line, unless asked for the traceback
         if os.environ.get("ALTGRAD_DEBUG") == "1":
             raise
-        Console(stderr=True, highlight=False).print(
-            f"[red]internal error:[/red] {type(error).__name__}: {error} (ALTGRAD_DEBUG=1 shows the traceback; please report it)",
-            soft_wrap=True,
+        _error_line(
+            "internal error: ",
+            f"{type(error).__name__}: {error} (ALTGRAD_DEBUG=1 shows the traceback; please report it)",
         )
         raise SystemExit(3) from None
 

@@ -18,12 +18,13 @@ from altgrad_cli.cli.app import (
     Output,
     _fail,
     _finish_checks,
+    _outputs,
     _progress,
     _warn,
-    _write_atomic,
     app,
 )
 from altgrad_cli.errors import AltgradError, UsageError
+from altgrad_cli.io.output import guard_outputs, write_atomic
 from altgrad_cli.report.checks import checks_section, evaluate, parse_rule
 from altgrad_cli.report.records import skipped_summary
 
@@ -140,6 +141,7 @@ def trajectory_command(
         rules = [parse_rule(text) for text in fail_if]
         if any(rule.uses_baseline for rule in rules):
             raise UsageError("baseline rules are for `altgrad check --baseline` on a saved report")
+        guard_outputs(_outputs(out, junit, fail_if), list(checkpoints))
         with _progress(quiet) as progress:
             report = trajectory(
                 checkpoints,
@@ -163,7 +165,7 @@ def trajectory_command(
         report = sort_layers(report, sort, top)
         text = render_trajectory(report, output)
         if out is not None:
-            _write_atomic(out, text)
+            write_atomic(out, text)
         else:
             sys.stdout.write(text)
         _finish_checks(results, junit)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import re
 from collections import Counter
 from dataclasses import dataclass
 
-from altgrad_cli.errors import InputError, UsageError
+from altgrad_cli.errors import InputError
 from altgrad_cli.io.checkpoint import Checkpoint, TensorInfo
+from altgrad_cli.io.regex import compile_name_filter
 from altgrad_cli.report.records import Skipped
 
 
@@ -29,22 +29,21 @@ def _strip(name: str, prefixes: tuple[str, ...]) -> str:
     return name
 
 
-def _by_stripped(ckpt: Checkpoint, prefixes: tuple[str, ...]) -> dict[str, TensorInfo]:
-    return {_strip(name, prefixes): ckpt.info(name) for name in ckpt.names()}
+def names_by_stripped(ckpt: Checkpoint, prefixes: tuple[str, ...]) -> dict[str, TensorInfo]:
+    """Names after --strip-prefix; two names that become one are an error, not first-wins."""
+    out: dict[str, TensorInfo] = {}
+    for name in ckpt.names():
+        key = _strip(name, prefixes)
+        if key in out:
+            raise InputError(
+                ckpt.path,
+                f"tensors {out[key].name!r} and {name!r} are both {key!r} after --strip-prefix",
+            )
+        out[key] = ckpt.info(name)
+    return out
 
 
-def _compile(pattern: str | None, option: str) -> re.Pattern[str] | None:
-    if pattern is None:
-        return None
-    try:
-        return re.compile(pattern)
-    except re.error as error:
-        raise UsageError(
-            f"{option} {pattern!r} is not a valid regular expression: {error}"
-        ) from error
-
-
-def _common_prefix(names: list[str]) -> str:
+def common_name_prefix(names: list[str]) -> str:
     prefix = os.path.commonprefix(names)
     return prefix[: prefix.rfind(".") + 1] if "." in prefix else ""
 
@@ -59,9 +58,10 @@ def pair_tensors(
     exclude: str | None = None,
 ) -> tuple[list[Pair], list[Skipped]]:
     """Pairs in name order, and the skipped names with reasons. Raises when nothing pairs at all."""
-    inc, exc = _compile(include, "--include"), _compile(exclude, "--exclude")
-    b, a = _by_stripped(before, strip_prefixes), _by_stripped(after, strip_prefixes)
-    g = _by_stripped(grads, strip_prefixes) if grads is not None else {}
+    inc = compile_name_filter(include, "--include")
+    exc = compile_name_filter(exclude, "--exclude")
+    b, a = names_by_stripped(before, strip_prefixes), names_by_stripped(after, strip_prefixes)
+    g = names_by_stripped(grads, strip_prefixes) if grads is not None else {}
     pairs: list[Pair] = []
     skipped: list[Skipped] = []
     for name in sorted(set(b) | set(a)):
@@ -94,7 +94,7 @@ def pair_tensors(
         hints = [
             f"{label} names start with {p!r}"
             for label, names in (("before", list(b)), ("after", list(a)))
-            if (p := _common_prefix(names))
+            if (p := common_name_prefix(names))
         ]
         hint = f" ({'; '.join(hints)}: try --strip-prefix)" if hints else ""
         raise InputError(before.path, f"no tensor names in common with {after.path}{hint}")

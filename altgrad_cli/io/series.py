@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 from altgrad_cli.errors import InputError
 from altgrad_cli.io.checkpoint import Checkpoint, TensorInfo
-from altgrad_cli.io.pairing import Skipped, _by_stripped, _common_prefix, _compile
+from altgrad_cli.io.pairing import Skipped, common_name_prefix, names_by_stripped
+from altgrad_cli.io.regex import compile_name_filter
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,8 @@ def align_tensors(
     exclude: str | None = None,
 ) -> tuple[list[Track], list[Skipped]]:
     """Tracks in name order, and the skipped names with reasons. Raises when nothing is left."""
-    inc, exc = _compile(include, "--include"), _compile(exclude, "--exclude")
-    maps = [_by_stripped(ckpt, strip_prefixes) for ckpt in checkpoints]
+    inc, exc = compile_name_filter(include, "--include"), compile_name_filter(exclude, "--exclude")
+    maps = [names_by_stripped(ckpt, strip_prefixes) for ckpt in checkpoints]
     tracks: list[Track] = []
     skipped: list[Skipped] = []
     for name in sorted(set().union(*maps)):
@@ -63,7 +64,7 @@ def align_tensors(
         hints = [
             f"C{t} names start with {p!r}"
             for t, m in enumerate(maps)
-            if (p := _common_prefix(list(m)))
+            if (p := common_name_prefix(list(m)))
         ]
         hint = f" ({'; '.join(hints)}: try --strip-prefix)" if hints else ""
         raise InputError(checkpoints[0].path, f"no tensor name is in every checkpoint{hint}")

@@ -186,6 +186,8 @@ def _parse_generic(name: str) -> Format | None:
     match = _GENERIC.fullmatch(name)
     if match is None:
         return None
+    if max(len(match[1]), len(match[2]), len(match[4])) > 12:  # before int(): no 5000-digit parse
+        raise FormatError(f"format {name[:40]!r}...: exponent, mantissa or bias is far too large")
     e, m = int(match[1]), int(match[2])
     specials = match[3][1:] if match[3] else "finite"
     if specials not in SPECIALS:

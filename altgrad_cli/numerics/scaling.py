@@ -19,6 +19,8 @@ from altgrad_cli.numerics.formats import Format, get_format
 from altgrad_cli.numerics.layout import AMAX_CHUNK, iter_chunks
 
 _BLOCK_RULES = ("floor", "rceil", "ceil", "even")
+MAX_BLOCK = 1 << 16
+"""Recipes use blocks of 16 to 128 elements; a block of more than 65,536 is a typo."""
 _SCALING = re.compile(r"(tensor|pow2|channel|none)|block:(\d+)(?::([a-z]+))?")
 
 
@@ -45,9 +47,12 @@ def parse_scaling(text: str | Scaling) -> Scaling:
         )
     if match[1]:
         return Scaling(match[1])
-    size, rule = int(match[2]), match[3] or "floor"
+    digits, rule = match[2], match[3] or "floor"
+    size = int(digits) if len(digits) <= 12 else MAX_BLOCK + 1  # never int() 5000 digits
     if size < 1:
         raise UsageError(f"scaling {text!r}: the block size must be at least 1")
+    if size > MAX_BLOCK:
+        raise UsageError(f"scaling {text[:40]!r}: the block size must be at most {MAX_BLOCK}")
     if rule not in _BLOCK_RULES:
         raise UsageError(
             f"scaling {text!r}: unknown block rule {rule!r}; choose {', '.join(_BLOCK_RULES)}"
@@ -132,7 +137,7 @@ class Scale:
         if self.scaling.mode == "channel":
             return self.values[row0:row1, None]
         if self.scaling.mode == "block":
-            n = self.scaling.block
+            n = min(self.scaling.block, max(self.view_shape()[1], 1))  # a block ends with its row
             blocks = self.values[row0:row1, col0 // n : (col1 + n - 1) // n]
             expanded = blocks.repeat_interleave(n, dim=1)
             return expanded[:, : col1 - col0]
@@ -159,7 +164,8 @@ def group_amax(x: Tensor, scaling: Scaling, chunk: int = AMAX_CHUNK) -> Tensor:
     dtype = working_dtype(x.dtype)
     rows, cols = Scale(scaling, torch.ones(()), tuple(x.shape)).view_shape()
     view = x.detach().reshape(rows, cols)
-    n = scaling.block if scaling.mode == "block" else 1
+    # a block never spans rows: one longer than a row is the row (and needs no padding to n)
+    n = min(scaling.block, max(cols, 1)) if scaling.mode == "block" else 1
     if scaling.mode == "channel":
         amax = torch.zeros(rows, dtype=dtype)
     elif scaling.mode == "block":

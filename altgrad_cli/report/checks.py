@@ -7,13 +7,15 @@ is the same KEY for the same tensor and format in a baseline report. Pure: no pr
 from __future__ import annotations
 
 import difflib
+import math
 import operator
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from altgrad_cli.errors import UsageError
+from altgrad_cli.errors import InputError, UsageError
+from altgrad_cli.io.regex import compile_name_filter
 from altgrad_cli.report.records import CheckResult, ChecksSection, lookup
 
 OPERATORS: dict[str, Callable[[float, float], bool]] = {
@@ -24,7 +26,11 @@ OPERATORS: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt,
     ">": operator.gt,
 }
-_NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
+# Unambiguous (one way to split any digit run), so a failed match backtracks linearly, not
+# quadratically as `\d+\.?\d*` did on a long run of digits.
+_NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
+MAX_RULE = 1000
+"""Characters in one rule; real rules are tens."""
 _KEY = re.compile(r"\s*(summary\.)?([A-Za-z_][\w\-+]*(?:\.[\w\-+]+)*)\s*")
 _OP = re.compile(r"(<=|>=|==|!=|<|>)\s*")
 _VALUE = re.compile(rf"(?:({_NUMBER})|baseline(?:\s*([+\-*])\s*({_NUMBER}))?)\s*$")
@@ -55,14 +61,24 @@ class Rule:
 
 
 def _syntax_error(text: str, position: int, expected: str) -> UsageError:
-    pointer = " " * position + "^"
+    """One line: the rule with a ^ marking the column where the problem starts."""
+    marked = f"{text[:position]}^{text[position:]}"
     return UsageError(
-        f"bad rule {text!r}: expected {expected} at column {position + 1}\n  {text}\n  {pointer}"
+        f"bad rule {text!r}: expected {expected} at column {position + 1} (at the ^: {marked!r})"
     )
+
+
+def _finite(text: str, rule: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise UsageError(f"bad rule {rule!r}: {text[:30]!r} is beyond the range of a float")
+    return value
 
 
 def parse_rule(text: str) -> Rule:
     """Parse one rule; a syntax error says where and what was expected."""
+    if len(text) > MAX_RULE:
+        raise UsageError(f"bad rule {text[:40]!r}...: longer than {MAX_RULE} characters")
     key_match = _KEY.match(text)
     if key_match is None or not key_match.group(2):
         raise _syntax_error(text, 0, "a metric key such as stall_ratio or ulp.median")
@@ -80,9 +96,9 @@ def parse_rule(text: str) -> Rule:
         summary=bool(key_match.group(1)),
         key=key_match.group(2),
         op=op_match.group(1),
-        number=float(number) if number is not None else None,
+        number=_finite(number, text) if number is not None else None,
         baseline_op=bop,
-        baseline_arg=float(barg) if barg is not None else 0.0,
+        baseline_arg=_finite(barg, text) if barg is not None else 0.0,
     )
 
 
@@ -132,14 +148,11 @@ def evaluate(
     formats: Sequence[str] | None = None,
 ) -> list[CheckResult]:
     """Every rule on every selected tensor (or summary) and format, in a stable order."""
-    try:
-        layer_re = re.compile(layer) if layer is not None else None
-    except re.error as error:
-        raise UsageError(f"--layer {layer!r} is not a valid regular expression: {error}") from error
+    layer_re = compile_name_filter(layer, "--layer")
     if any(rule.uses_baseline for rule in rules) and baseline is None:
         raise UsageError("a rule compares with baseline but no --baseline report was given")
     base = _baseline_index(baseline)
-    results = []
+    results: list[CheckResult] = []
     for rule in rules:
         if rule.summary:
             targets = [("summary", s["format"], s) for s in report.get("summary", [])]
@@ -151,6 +164,11 @@ def evaluate(
             targets = [t for t in targets if t[1] in formats]
         if not targets:
             raise UsageError(_selects_nothing(report, rule, layer, formats))
+        if rule.uses_baseline and not any((t[0], t[1]) in base for t in targets):
+            raise InputError(
+                "--baseline",
+                f"shares no tensor and format with the report for rule {rule.text!r}",
+            )
         for target, fmt, record in targets:
             value = _numeric(record, rule)
             if rule.uses_baseline:
@@ -165,6 +183,14 @@ def evaluate(
                 threshold = rule.threshold(_numeric(old, rule))
             else:
                 threshold = float(rule.number)
+            if not (math.isfinite(value) and math.isfinite(threshold)):
+                # NaN compares false with everything: fail closed instead of passing
+                # (null in strict JSON: the message says why)
+                finite = [v if math.isfinite(v) else None for v in (value, threshold)]
+                results.append(
+                    CheckResult(rule.text, target, fmt, *finite, "fail", "not a finite number")
+                )
+                continue
             triggered = OPERATORS[rule.op](
                 value, threshold
             )  # --fail-if: the rule describes a failure

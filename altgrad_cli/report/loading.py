@@ -3,11 +3,11 @@ into the `Report` the renderers take, so `altgrad render` gives what `analyze` w
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from altgrad_cli.errors import InputError
+from altgrad_cli.io.files import load_json
 from altgrad_cli.report.records import SCHEMA, Report
 
 # The report schemas `altgrad render` reads (the trajectory report's joins when it lands); the
@@ -17,16 +17,9 @@ READABLE_SCHEMAS: tuple[str, ...] = (SCHEMA,)
 
 def read_report_json(path: Path, schemas: tuple[str, ...] = READABLE_SCHEMAS) -> dict[str, Any]:
     """The JSON object in `path`; InputError (exit 3) when unreadable or not one of `schemas`."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_not_strict)
-    except FileNotFoundError as error:
-        raise InputError(path, "no such file") from error
-    except PermissionError as error:
-        raise InputError(path, "permission denied") from error
-    except IsADirectoryError as error:
-        raise InputError(path, "is a directory, not a JSON report") from error
-    except (OSError, UnicodeDecodeError, ValueError) as error:  # JSONDecodeError is one
-        raise InputError(path, f"not a valid JSON report ({error})") from error
+    # regular files only, size-capped, strict (no NaN, duplicate keys, 5000-digit integers, 100k
+    # levels of nesting): every one of those is one InputError line, never a hang or a crash
+    data = load_json(path, "JSON report")
     schema = data.get("schema") if isinstance(data, dict) else None
     if schema not in schemas:
         expected = " or ".join(repr(s) for s in schemas)

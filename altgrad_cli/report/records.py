@@ -119,7 +119,8 @@ class Metrics:
     numel: int = field(metadata=COUNT)
     nonfinite: int = field(metadata=COUNT)
     updates: int = field(metadata=COUNT)
-    update_source: Literal["grads", "delta"]
+    # "mixed" only in a summary: --grads was given but some tensors had no gradient
+    update_source: Literal["grads", "delta", "mixed"]
     flips: int = field(metadata=COUNT)
     flips_on_updates: int = field(metadata=COUNT)
     flips_without_update: int = field(metadata=COUNT)

@@ -7,6 +7,7 @@ import io
 
 from altgrad_cli.report.records import Report
 from altgrad_cli.report.render.columns import CSV_KEYS, value
+from altgrad_cli.report.render.safe_text import printable
 
 
 def render_csv(report: Report) -> str:
@@ -18,7 +19,7 @@ def render_csv(report: Report) -> str:
         shape = "x".join(map(str, layer.shape))
         writer.writerow(
             [
-                layer.name,
+                printable(layer.name),  # no raw escape sequences when the CSV is shown
                 layer.format,
                 layer.dtype,
                 shape,

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from altgrad_cli.report.records import CheckResult
 from altgrad_cli.report.render.columns import fmt_number
+from altgrad_cli.report.render.safe_text import markdown_cell, markdown_code, printable
 
 
 def render_junit(results: Sequence[CheckResult]) -> str:
@@ -21,23 +22,27 @@ def render_junit(results: Sequence[CheckResult]) -> str:
         suites, "testsuite", name="altgrad checks", **counts, skipped=str(skipped)
     )
     for r in results:
+        # printable(): XML 1.0 cannot hold most control characters, even escaped
         case = ET.SubElement(
             suite,
             "testcase",
-            classname=f"altgrad.{r.format}",
-            name=f"{r.rule} :: {r.target}",
+            classname=printable(f"altgrad.{r.format}"),
+            name=printable(f"{r.rule} :: {r.target}"),
             time="0",
         )
         if r.status == "fail":
-            message = (
+            message = printable(
                 f"{r.target} [{r.format}]: value {r.value!r}, threshold {r.threshold!r} ({r.rule})"
+                + (f": {r.message}" if r.message else "")
             )
             failure = ET.SubElement(case, "failure", message=message, type="threshold")
             failure.text = message
         elif r.status == "skip":
-            ET.SubElement(case, "skipped", message=r.message)
+            ET.SubElement(case, "skipped", message=printable(r.message))
         out = ET.SubElement(case, "system-out")
-        out.text = f"value={_text(r.value)} threshold={_text(r.threshold)} format={r.format}"
+        out.text = printable(
+            f"value={_text(r.value)} threshold={_text(r.threshold)} format={r.format}"
+        )
     ET.indent(suites)
     return (
         '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
@@ -61,11 +66,12 @@ def render_step_summary(results: Sequence[CheckResult], invocation: str) -> str:
     title = f"### {head} altgrad: {len(failed)} of {len(results)} checks failed"
     if skipped:
         title += f", {skipped} skipped"
-    lines = [title, "", f"`{invocation}`", "", f"{passed} checks passed."]
+    lines = [title, "", markdown_code(invocation), "", f"{passed} checks passed."]
     if failed:
         lines += ["", "| rule | tensor | format | value | threshold |", "|---|---|---|---|---|"]
         lines += [
-            f"| `{r.rule}` | `{r.target}` | {r.format} | {fmt_number(r.value)} | {fmt_number(r.threshold)} |"
+            f"| {markdown_code(r.rule)} | {markdown_code(r.target)} | {markdown_cell(r.format)} "
+            f"| {fmt_number(r.value)} | {fmt_number(r.threshold)} |"
             for r in failed[:MAX_SUMMARY_ROWS]
         ]
         if len(failed) > MAX_SUMMARY_ROWS:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from altgrad_cli.report.records import Report
 from altgrad_cli.report.render.columns import STALL_COLUMNS, ULP_COLUMNS, fmt_number, value
+from altgrad_cli.report.render.safe_text import markdown_cell, markdown_code
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
@@ -27,11 +28,18 @@ def render_markdown(report: Report) -> str:
     lines += _table(
         ["tensor", "format", *[h for h, _ in cols]],
         [
-            [f"`{layer.name}`", layer.format, *[fmt_number(value(layer, k)) for _, k in cols]]
+            [
+                markdown_code(layer.name),
+                layer.format,
+                *[fmt_number(value(layer, k)) for _, k in cols],
+            ]
             for layer in report.layers
         ],
     )
     if report.skipped:
         lines += ["", "## Skipped", ""]
-        lines += _table(["tensor", "reason"], [[f"`{s.name}`", s.reason] for s in report.skipped])
+        lines += _table(
+            ["tensor", "reason"],
+            [[markdown_code(s.name), markdown_cell(s.reason)] for s in report.skipped],
+        )
     return "\n".join(lines) + "\n"

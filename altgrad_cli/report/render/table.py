@@ -25,6 +25,7 @@ from altgrad_cli.report.render.columns import (
     fmt_number,
     value,
 )
+from altgrad_cli.report.render.safe_text import printable
 
 BAR_WIDTH = 30
 NAME_FLOOR = 20  # tensor names shrink to this before any column is dropped
@@ -41,7 +42,9 @@ def console_width() -> int:
 
 
 def shorten(name: str, width: int) -> str:
-    """The name in at most `width` characters, cut from the left: the tail tells tensors apart."""
+    """The name in at most `width` characters, cut from the left: the tail tells tensors apart.
+    Control characters come out escaped (a name is data: it never moves the terminal's cursor)."""
+    name = printable(name)
     return name if len(name) <= width else "…" + name[len(name) - width + 1 :]
 
 
@@ -57,6 +60,7 @@ def _fit(
     caption: str | None = None,
 ) -> Table:
     """A table of label columns (the first one shrinkable) and metric columns that fits `width`."""
+    labels = [[printable(text) for text in label] for label in labels]  # measured as shown
 
     def need(name_width: int, kept: int) -> int:
         widths = [name_width] + [
@@ -218,7 +222,8 @@ def _skipped(report: Report, width: int) -> Table:
     table.add_column("tensor", no_wrap=True)
     table.add_column("reason", overflow="fold")
     for s in report.skipped:
-        table.add_row(shorten(s.name, max(NAME_MIN, width // 3)), s.reason)
+        # Text, not str: a reason quoting a name is never read as rich markup
+        table.add_row(Text(shorten(s.name, max(NAME_MIN, width // 3))), Text(printable(s.reason)))
     return table
 
 
