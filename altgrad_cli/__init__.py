@@ -18,6 +18,7 @@ from altgrad_cli.training.seed import (
     grid_alignment_statistics,
     ulp_statistics,
 )
+from altgrad_cli.training.stored import StoredWeights, stored_weights
 from altgrad_cli.training.tracker import WeightFlipTracker
 
 __version__ = "0.1.0"
@@ -49,6 +50,7 @@ __all__ = [
     "InputError",
     "Scale",
     "Scaling",
+    "StoredWeights",
     "UsageError",
     "WeightFlipTracker",
     "analyze",
@@ -65,6 +67,7 @@ __all__ = [
     "grid_alignment_statistics",
     "quantize",
     "registry",
+    "stored_weights",
     "tensor_metrics",
     "ulp_statistics",
 ]
