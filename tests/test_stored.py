@@ -4,6 +4,7 @@ and the micro-benchmarks quoted in the bug reports that motivated it."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import ml_dtypes
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from reference import enumerate_grid, stored_reference
+from safetensors.torch import load_file, save_file
 
 from altgrad_cli import get_format, stored_weights, tensor_metrics
 from altgrad_cli.engine.stored import StoredAccumulator, update_stored
@@ -295,3 +297,151 @@ def test_ml_by_hand_768_weights_all_lost_in_bf16_all_kept_by_sr():
     assert r.sr_expected_moved * 2.0**-8 == pytest.approx(768 * 6e-4, rel=1e-3)  # mass kept
     never_moved = 768 * (1 - r.sr_expected_moved / 768) ** 100
     assert never_moved < 1e-4  # all 768 weights move in expectation over the 100 steps
+
+
+# ----------------------------------------------------------------------------- the two engines
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "e4m3fn", "e2m1fn", "E0M7", "E7M0", "e5m2fnuz"])
+@pytest.mark.parametrize("per_element", [False, True], ids=["one-scale", "per-element"])
+def test_table_and_rounding_engines_agree(monkeypatch, fmt, per_element):
+    """Formats beyond 2^16 codes round y by the float64 encoder instead of the per-code table:
+    both paths, forced on the same data, give the same counts and (to float rounding) sums."""
+    import altgrad_cli.engine.stored as stored
+
+    f = get_format(fmt)
+    rng = np.random.default_rng(3)
+    b = torch.from_numpy((rng.standard_normal(20000) * 0.3).astype(np.float32))
+    b[:50] = 0.0
+    step = rng.standard_normal(20000) * np.exp2(rng.uniform(-14, 2, 20000))
+    a = b + torch.from_numpy(step.astype(np.float32))
+    s = (b.abs().max() / f.max) * (torch.rand(20000) + 0.5 if per_element else 1.0)
+    code = encode_scaled(b / s, f)
+    d = a.double() - b.double()
+    table, rounding = StoredAccumulator(), StoredAccumulator()
+    update_stored(table, f, code, d, s)
+    monkeypatch.setattr(stored, "TABLE_LIMIT", 0)
+    update_stored(rounding, f, code, d, s)
+    assert 0 < table.rne_moved < table.updates
+    assert (table.updates, table.rne_moved) == (rounding.updates, rounding.rne_moved)
+    assert table.lost_mass == rounding.lost_mass
+    assert table.sr_expected == pytest.approx(rounding.sr_expected, rel=1e-12)
+    assert table.sr_variance == pytest.approx(rounding.sr_variance, rel=1e-12)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture
+def norm_and_linear(tmp_path):
+    """A LayerNorm gain at 1.0 taking 6e-4 steps (lost in bf16) and a linear weight whose
+    1e-2 steps always move: before/after/grads files."""
+    g = torch.Generator().manual_seed(0)
+    before = {
+        "norm.weight": torch.ones(768),
+        "linear.weight": torch.randn(32, 24, generator=g) * 0.1,
+    }
+    grads = {k: torch.ones_like(v) for k, v in before.items()}
+    after = {"norm.weight": before["norm.weight"] - 6e-4}
+    after["linear.weight"] = before["linear.weight"] + 0.01 * before["linear.weight"].sign()
+    paths = []
+    for label, tensors in (("before", before), ("after", after), ("grads", grads)):
+        path = tmp_path / f"{label}.safetensors"
+        save_file(tensors, str(path))
+        paths.append(path)
+    return paths
+
+
+def _analyze(*args):
+    from typer.testing import CliRunner
+
+    from altgrad_cli.cli.app import app
+
+    return CliRunner().invoke(app, ["analyze", *map(str, args)], env={"COLUMNS": "200"})
+
+
+def test_cli_json_summary_recomputes_ratios_and_validates(norm_and_linear):
+    import jsonschema
+
+    from altgrad_cli.report.schema import report_schema
+
+    b, a, g = norm_and_linear
+    result = _analyze(b, a, "--grads", g, "-f", "bf16", "--scaling", "none", "-o", "json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    jsonschema.validate(report, report_schema())
+    layers = {layer["name"]: layer["stored"] for layer in report["layers"]}
+    assert layers["norm.weight"]["rne_moved"] == 0
+    assert layers["norm.weight"]["lost_mass_frac"] == 1.0
+    assert layers["linear.weight"]["rne_moved"] == 32 * 24
+    assert layers["linear.weight"]["lost_mass_frac"] == 0.0
+    summary = report["summary"][0]["stored"]
+    assert summary["rne_moved"] == 768
+    assert summary["rne_lost_frac"] == 0.5  # 768 of 1536 updates: the sums, not a mean of ratios
+    before, after = load_file(str(b)), load_file(str(a))
+    mass = {k: float((after[k].double() - before[k].double()).abs().sum()) for k in before}
+    assert summary["lost_mass_frac"] == pytest.approx(
+        mass["norm.weight"] / (mass["norm.weight"] + mass["linear.weight"]), rel=1e-12
+    )
+    assert summary["lost_mass_frac"] == pytest.approx(0.0566, abs=1e-4)
+    delta = float(np.float32(1.0) - np.float32(1.0 - 6e-4))
+    assert summary["sr_expected_moved"] == pytest.approx(768 * delta / 2.0**-8 + 768, rel=1e-9)
+
+
+def test_cli_fail_if_on_the_stored_group(norm_and_linear):
+    b, a, g = norm_and_linear
+    result = _analyze(
+        b,
+        a,
+        "--grads",
+        g,
+        "-f",
+        "bf16",
+        "--scaling",
+        "none",
+        "--fail-if",
+        "stored.lost_mass_frac > 0.5",
+        "-o",
+        "json",
+    )
+    assert result.exit_code == 1
+    failed = [c for c in json.loads(result.stdout)["checks"]["results"] if c["status"] == "fail"]
+    assert [c["target"] for c in failed] == ["norm.weight"]
+    ok = _analyze(
+        b,
+        a,
+        "--grads",
+        g,
+        "-f",
+        "bf16",
+        "--scaling",
+        "none",
+        "--fail-if",
+        "summary.stored.rne_moved < 1",
+    )
+    assert ok.exit_code == 0, ok.output
+
+
+def test_cli_table_shows_the_kept_table_and_the_verdict(norm_and_linear):
+    b, a, g = norm_and_linear
+    result = _analyze(b, a, "--grads", g, "-f", "bf16", "--scaling", "none")
+    assert result.exit_code == 0, result.output
+    assert "Kept in bf16 without a master copy" in result.stdout
+    text = " ".join(result.stdout.split())  # rich wraps the line at the console width
+    # 768 · 6e-4 of 768 · (6e-4 + 1e-2) is lost; SR moves the 768 linear weights and each gain
+    # with P = 6e-4 / 2^-8 = 0.1536: 768 + 118 = 886, std sqrt(768 · 0.1536 · 0.8464) = 10.0
+    assert (
+        "bf16 without a master copy would lose 5.7 % of this step's update mass "
+        "(round-to-nearest moves 768 of 1,536 updated weights); stochastic rounding would keep "
+        "it in expectation (moving 886 ± 10.0 of them)" in text
+    )
+
+
+def test_every_kept_column_names_a_field():
+    from altgrad_cli.report.records import LayerRecord
+    from altgrad_cli.report.render.stored import STORED_COLUMNS
+    from altgrad_cli.report.schema import field_paths
+
+    paths = field_paths(LayerRecord)
+    assert all(key in paths for _, key in STORED_COLUMNS)
+    assert {f"stored.{k}" for k in ("rne_moved", "sr_expected_moved", "sr_moved_std")} <= paths

@@ -129,7 +129,7 @@ class _Table:
     gaps: Tensor
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=8)  # a bf16 table is 2.6 MB
 def _table(fmt: Format, s: float = 1.0) -> _Table:
     """The table of `fmt`, every entry multiplied by the scale s (exact: see the module docstring)."""
     top = fmt.max_code
