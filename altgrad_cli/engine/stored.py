@@ -105,10 +105,17 @@ def update_stored(
         moved, p = _by_rounding(fmt, code, d, s)
     else:
         moved, p = _by_table(fmt, code, d, s)
-    abs_d = d.abs()
-    acc.rne_moved += int(torch.count_nonzero(moved))
-    acc.mass += float(abs_d.sum())
-    acc.lost_mass += float(abs_d.masked_fill_(moved, 0.0).sum())
+    n_moved = int(torch.count_nonzero(moved))
+    mass = float(torch.linalg.vector_norm(d, 1))  # Σ|Δ| in one pass, no |Δ| copy
+    if n_moved == 0:
+        lost = mass
+    elif n_moved == n:
+        lost = 0.0
+    else:  # Σ|Δ| where w' = w; the complement of the moved elements, which are often few
+        lost = float(torch.linalg.vector_norm(torch.masked_select(d, ~moved), 1))
+    acc.rne_moved += n_moved
+    acc.mass += mass
+    acc.lost_mass += lost
     total = float(p.sum())
     acc.sr_expected += total
     acc.sr_variance += max(total - float(torch.dot(p, p)), 0.0)
@@ -150,7 +157,7 @@ def _table(fmt: Format, s: float = 1.0) -> _Table:
 def _by_table(fmt: Format, code: Tensor, d: Tensor, s: Tensor | None) -> tuple[Tensor, Tensor]:
     """(moved under RNE, P(moved) under SR) from the per-code table: gathers by index_select,
     which is several times faster than indexing, and no select."""
-    index = code.to(torch.int64, copy=True).add_(fmt.max_code)
+    index = code.to(torch.int32, copy=True).add_(fmt.max_code)  # index_select takes int32
     if s is None or s.dim() == 0:
         table = _table(fmt, 1.0 if s is None else float(s))
         w = torch.index_select(table.value, 0, index)  # w = s · g
