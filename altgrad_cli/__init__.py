@@ -18,6 +18,7 @@ from altgrad_cli.training.seed import (
     grid_alignment_statistics,
     ulp_statistics,
 )
+from altgrad_cli.training.stored import StoredWeights, stored_weights
 from altgrad_cli.training.tracker import WeightFlipTracker
 from altgrad_cli.trajectories import trajectory
 
@@ -50,6 +51,7 @@ __all__ = [
     "InputError",
     "Scale",
     "Scaling",
+    "StoredWeights",
     "UsageError",
     "WeightFlipTracker",
     "analyze",
@@ -66,6 +68,7 @@ __all__ = [
     "grid_alignment_statistics",
     "quantize",
     "registry",
+    "stored_weights",
     "tensor_metrics",
     "trajectory",
     "ulp_statistics",

@@ -5,6 +5,7 @@ Nothing here imports altgrad_cli: these are the numbers the product is checked a
 
 from __future__ import annotations
 
+import bisect
 from fractions import Fraction
 
 import ml_dtypes
@@ -100,3 +101,64 @@ def probe_values(grid: np.ndarray, n_random: int = 1 << 20, seed: int = 0) -> np
     )
     allv = allv[np.isfinite(allv)]
     return np.concatenate([allv, -allv])
+
+
+def stored_reference(before, after, scale, grid: np.ndarray, updated=None) -> dict:
+    """SPEC §Metrics `stored`, element by element in exact rationals, by search on the signed grid.
+
+    w = s · R(before / s) (float32 division), Δ = after − before, z = w + Δ rounded once to float64,
+    y = z / s exactly; RNE: the nearest grid value (ties to the even code, saturating); SR: y between
+    neighbours lo < y < hi goes to hi with probability (y − lo)/(hi − lo), beyond ±max to ±max.
+    Returns the sums: updates, rne_moved, mass, lost_mass, sr_expected, sr_variance.
+    """
+    shape = np.shape(before)
+    b = np.asarray(before, dtype=np.float32).reshape(-1)
+    a = np.asarray(after, dtype=np.float32).reshape(-1)
+    s = np.broadcast_to(np.asarray(scale, dtype=np.float32), shape).reshape(-1)
+    keep = np.isfinite(b) & np.isfinite(a)
+    if updated is not None:
+        keep &= np.broadcast_to(np.asarray(updated, dtype=bool), shape).reshape(-1)
+    magnitudes = [Fraction(float(v)) for v in grid]
+    signed = sorted({-m for m in magnitudes} | set(magnitudes))
+    top = magnitudes[-1]
+    index_of = {m: i for i, m in enumerate(magnitudes)}  # the code of a magnitude
+
+    def nearest(y: Fraction) -> Fraction:
+        if y >= top:
+            return top
+        if y <= -top:
+            return -top
+        i = bisect.bisect_left(signed, y)
+        if signed[i] == y:
+            return y
+        lo, hi = signed[i - 1], signed[i]
+        if y - lo != hi - y:
+            return lo if y - lo < hi - y else hi
+        return lo if index_of[abs(lo)] % 2 == 0 else hi
+
+    out = dict(updates=0, rne_moved=0, mass=0.0, lost_mass=0.0, sr_expected=0.0, sr_variance=0.0)
+    for bi, ai, si in zip(b[keep], a[keep], s[keep], strict=True):
+        yb = np.float32(bi) / np.float32(si)  # float32 division, as Q's
+        g = nearest(Fraction(float(yb)))
+        w = float(Fraction(float(si)) * g)  # exact: 24 + 25 bits
+        d = float(ai) - float(bi)  # exact for float32 operands
+        z = w + d  # one float64 rounding
+        y = Fraction(z) / Fraction(float(si))
+        moved = nearest(y) != g
+        if y >= top or y <= -top:  # SR saturates
+            p = Fraction(int(nearest(y) != g))
+        else:
+            i = bisect.bisect_left(signed, y)
+            if signed[i] == y:
+                p = Fraction(int(y != g))
+            else:
+                lo, hi = signed[i - 1], signed[i]
+                p_hi = (y - lo) / (hi - lo)
+                p = p_hi * (hi != g) + (1 - p_hi) * (lo != g)
+        out["updates"] += 1
+        out["rne_moved"] += int(moved)
+        out["mass"] += abs(d)
+        out["lost_mass"] += 0.0 if moved else abs(d)
+        out["sr_expected"] += float(p)
+        out["sr_variance"] += float(p * (1 - p))
+    return out

@@ -82,6 +82,13 @@ def _metrics(updates: int, flips: int, on_updates: int, numel: int) -> Metrics:
                     "predicted_stall": {"flipped": 0, "not_flipped": 2},
                 },
             },
+            "stored": {
+                "rne_moved": on_updates,
+                "rne_lost_frac": stall,
+                "lost_mass_frac": stall / 2,
+                "sr_expected_moved": updates * 0.625,
+                "sr_moved_std": 0.75,
+            },
             "overflow_frac": 0.0,
             "underflow_frac": 0.0,
         },

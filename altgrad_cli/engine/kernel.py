@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from altgrad_cli.engine.stats import BinnedCounts, CoMoments, Counters, Mean, Moments, UlpHistogram
+from altgrad_cli.engine.stored import StoredAccumulator, update_stored
 from altgrad_cli.numerics.bits import F64, INT_OF_WIDTH, floor_log2, working_dtype
 from altgrad_cli.numerics.formats import Format
 from altgrad_cli.numerics.rounding import (
@@ -92,6 +93,7 @@ class FormatAccumulator:
     grad: CoMoments = field(default_factory=CoMoments)
     grad_ratio: Mean = field(default_factory=Mean)
     update_ratio: Mean = field(default_factory=Mean)
+    stored: StoredAccumulator = field(default_factory=StoredAccumulator)
     steps_max: int = 0
 
     def merge(self, other: FormatAccumulator) -> None:
@@ -104,6 +106,7 @@ class FormatAccumulator:
         self.grad.merge(other.grad)
         self.grad_ratio.merge(other.grad_ratio)
         self.update_ratio.merge(other.update_ratio)
+        self.stored.merge(other.stored)
         self.steps_max = max(self.steps_max, other.steps_max)
 
 
@@ -123,6 +126,8 @@ class Chunk:
     grad_centered_sum: float  # sum of |grad| - its mean over before != 0 (≈ 0)
     absmax_before: float
     absmax_after: float
+    delta: Tensor  # float64 after - before, exact
+    n_updated: int
 
     def over_nonzero(self) -> RatioInputs:
         """The inputs compressed to before != 0, where the stiffness is defined."""
@@ -186,12 +191,14 @@ def prepare_chunk(
 
     abs_g = g.abs() if g is not None else None
     updated = abs_g > grad_eps if abs_g is not None else a != b
-    counts.updates += int(torch.count_nonzero(updated))
+    n_updated = int(torch.count_nonzero(updated))
+    counts.updates += n_updated
     n_nonzero = int(torch.count_nonzero(b))
     nonzero = b != 0 if n_nonzero < n else None
 
     b64 = b.to(torch.float64, copy=True)  # copies: never write into the caller's tensors
-    twice_delta = a.to(torch.float64, copy=True).sub_(b64).abs_().mul_(2.0)
+    delta = a.to(torch.float64).sub(b64)
+    twice_delta = delta.abs().mul_(2.0)
     abs_before = b64.abs_()
     grad64 = abs_g.to(torch.float64) if abs_g is not None else None
     grad_moments = grad_centered = None
@@ -215,6 +222,8 @@ def prepare_chunk(
         grad_centered_sum,
         absmax_before,
         absmax_after,
+        delta,
+        n_updated,
     )
     return chunk, [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
 
@@ -312,6 +321,14 @@ def update_format(
     code_a = encode_scaled(ya, fmt, saturate=top_a is None or top_a > fmt.max)
     wide = torch.int16 if code_b.dtype == torch.int8 else torch.int32
     steps = (code_a.to(wide) - code_b).abs_()
+    update_stored(
+        acc.stored,
+        fmt,
+        code_b,
+        chunk.delta,
+        s_before,
+        None if chunk.n_updated == n else chunk.updated,
+    )
     counts.overflow += int(_overflow_count(yb, fmt, top_b))
     counts.underflow += chunk.n_nonzero - int(torch.count_nonzero(code_b))
     counts.stiffness_zero += n - chunk.n_nonzero

@@ -155,6 +155,7 @@ class TensorAccumulator:
                     predicted_stall=Outcome(fc.pred_stall_flipped, fc.pred_stall_stalled),
                 ),
             ),
+            stored=acc.stored.result(),
             overflow_frac=fc.overflow / numel if numel else 0.0,
             underflow_frac=fc.underflow / numel if numel else 0.0,
         )

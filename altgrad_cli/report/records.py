@@ -113,6 +113,19 @@ class UpdateStiffness:
 
 
 @dataclass(frozen=True)
+class Stored:
+    """The counterfactual of weights kept in the format with no higher-precision master copy:
+    w' = Q(Q(before) + Δ) under BEFORE's scale, over updated elements; round-to-nearest (RNE)
+    against stochastic rounding (SR)."""
+
+    rne_moved: int = field(metadata=COUNT)
+    rne_lost_frac: float = field(metadata=FRACTION)
+    lost_mass_frac: float = field(metadata=FRACTION)
+    sr_expected_moved: float = field(metadata=COUNT)
+    sr_moved_std: float = field(metadata=COUNT)
+
+
+@dataclass(frozen=True)
 class Metrics:
     """SPEC §Metrics for one (tensor, format), or summed over tensors for the summary."""
 
@@ -132,6 +145,7 @@ class Metrics:
     grid_alignment: GridAlignment
     grad_stiffness: GradStiffness | None
     update_stiffness: UpdateStiffness
+    stored: Stored
     overflow_frac: float = field(metadata=FRACTION)
     underflow_frac: float = field(metadata=FRACTION)
 

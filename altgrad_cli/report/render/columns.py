@@ -74,6 +74,11 @@ CSV_KEYS = [
     "stiffness.min",
     "stiffness.max",
     "grid_alignment.std",
+    "stored.rne_moved",
+    "stored.rne_lost_frac",
+    "stored.lost_mass_frac",
+    "stored.sr_expected_moved",
+    "stored.sr_moved_std",
 ]
 
 

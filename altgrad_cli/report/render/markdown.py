@@ -5,6 +5,7 @@ from __future__ import annotations
 from altgrad_cli.report.records import Report
 from altgrad_cli.report.render.columns import STALL_COLUMNS, ULP_COLUMNS, fmt_number, value
 from altgrad_cli.report.render.safe_text import markdown_cell, markdown_code
+from altgrad_cli.report.render.stored import verdict
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
@@ -24,6 +25,9 @@ def render_markdown(report: Report) -> str:
             for s in report.summary
         ],
     )
+    verdicts = [line for line in map(verdict, report.summary) if line is not None]
+    if verdicts:
+        lines += ["", *[f"- {line}" for line in verdicts]]
     lines += ["", "## Tensors", ""]
     lines += _table(
         ["tensor", "format", *[h for h, _ in cols]],

@@ -26,6 +26,7 @@ from altgrad_cli.report.render.columns import (
     value,
 )
 from altgrad_cli.report.render.safe_text import printable
+from altgrad_cli.report.render.stored import STORED_COLUMNS, sr_cell, verdict
 
 BAR_WIDTH = 30
 NAME_FLOOR = 20  # tensor names shrink to this before any column is dropped
@@ -146,6 +147,32 @@ def _ulp_table(report: Report, width: int) -> Table:
     )
 
 
+def _kept_tables(report: Report, width: int) -> list[Table]:
+    """Per format, what a copy of the weights stored in it, with no master copy, keeps of the
+    step: round-to-nearest's moves and lost mass, and stochastic rounding's expected moves."""
+    tables = []
+    for s in report.summary:
+        own = [layer for layer in report.layers if layer.format == s.format]
+        records: list[LayerRecord | SummaryRecord] = [*own, s]
+        cells = _column_cells(records, [key for _, key in STORED_COLUMNS])
+        for record, row in zip(records, cells, strict=True):
+            row.insert(3, sr_cell(record))  # after the lost mass: columns drop from the right
+        headers = [h for h, _ in STORED_COLUMNS]
+        headers.insert(3, "moved (SR) ± std")
+        tables.append(
+            _fit(
+                f"Kept in {s.format} without a master copy: round-to-nearest vs stochastic rounding",
+                [[layer.name] for layer in own] + [[f"all {s.tensors} tensors"]],
+                ["tensor"],
+                headers,
+                cells,
+                width,
+                bold_from=len(own),
+            )
+        )
+    return tables
+
+
 def _prediction_table(report: Report) -> Table:
     table = Table(title="Predicted (|Δ| ≥ S/2) vs actual flips, all tensors", title_justify="left")
     table.add_column("format", no_wrap=True)
@@ -258,6 +285,7 @@ def render_table(report: Report, console: Console) -> None:
         title, columns = "Update vs stiffness S", GRAD_COLUMNS[:2]
     parts.append(_metric_table(title, report, columns, width))
     parts.append(_prediction_table(report))
+    parts.extend(_kept_tables(report, width))
     parts.extend(_stiffness_bars(report))
     if len(report.summary) > 1:
         parts.append(_comparison(report, width))
@@ -266,3 +294,6 @@ def render_table(report: Report, console: Console) -> None:
     console.print(Group(*parts))
     for s in report.summary:
         console.print(summary_line(s, width))
+        line = verdict(s)
+        if line is not None:
+            console.print(line, highlight=False)
