@@ -24,7 +24,8 @@ from altgrad_cli.errors import UsageError
 from altgrad_cli.io.checkpoint import Checkpoint
 from altgrad_cli.io.memory import open_checkpoint
 from altgrad_cli.io.pairing import Pair, pair_tensors
-from altgrad_cli.numerics.formats import Format, get_format
+from altgrad_cli.numerics.formats import Format
+from altgrad_cli.numerics.recipes import Recipe, parse_recipes
 from altgrad_cli.numerics.scaling import parse_scaling
 from altgrad_cli.report.records import (
     FormatInfo,
@@ -67,8 +68,8 @@ class TensorResult:
 def iter_tensor_results(
     pairs: Sequence[Pair],
     checkpoints: tuple[Checkpoint, Checkpoint, Checkpoint | None],
-    formats: Sequence[Format],
-    scaling: str,
+    formats: Sequence[Recipe],
+    scaling: str | None,
     *,
     rescale: bool,
     grad_eps: float,
@@ -106,8 +107,8 @@ def analyze(
     after: Source,
     *,
     grads: Source | None = None,
-    formats: str | Format | Sequence[str | Format] = ("e4m3fn",),
-    scaling: str = "tensor",
+    formats: str | Format | Recipe | Sequence[str | Format | Recipe] = ("e4m3fn",),
+    scaling: str | None = None,
     rescale: bool = False,
     grad_eps: float = DEFAULT_GRAD_EPS,
     strip_prefix: Sequence[str] = (),
@@ -118,14 +119,16 @@ def analyze(
     progress: Progress | None = None,
     threads: int | None = None,
 ) -> Report:
-    """Analyse one optimizer step: BEFORE and AFTER checkpoints, optional gradients, one or more formats.
+    """Analyse one optimizer step: BEFORE and AFTER checkpoints, optional gradients, one or more
+    formats or recipes (`mxfp8`, `e4m3fn@block:32:rceil`). `scaling` applies to bare formats;
+    without it each format uses its default (`none` for bf16 and fp16, else `tensor`).
 
     Chunks run on `threads` cores (default: every core this process may use); the numbers do
     not depend on it. BEFORE, AFTER and grads may be state dicts from a training loop."""
-    if isinstance(formats, (str, Format)):
+    if isinstance(formats, (str, Format, Recipe)):
         formats = (formats,)
-    fmts = tuple(dict.fromkeys(get_format(f) for f in formats))
-    scaling_text = str(parse_scaling(scaling))
+    scaling_text = None if scaling is None else str(parse_scaling(scaling))
+    fmts = tuple(parse_recipes(list(formats), scaling_text))
     if chunk_size < 1:
         raise UsageError(f"--chunk-size must be at least 1, got {chunk_size}")
     threads = available_cores() if threads is None else threads
@@ -159,7 +162,7 @@ def analyze(
             layers.extend(result.records())
             total.merge(result.accumulator)
     summary = []
-    for fmt, (name, metrics) in zip(fmts, total.results().items(), strict=True):
+    for name, metrics in total.results().items():
         own = [r for r in layers if r.format == name]
         updated = sorted(
             (r for r in own if r.metrics.updates),  # no update, no stall ratio
@@ -170,7 +173,7 @@ def analyze(
             for r in updated[:worst]
         )
         idle = len(own) - len(updated)
-        summary.append(SummaryRecord(fmt.name, len(pairs), idle, metrics, worst_rows))
+        summary.append(SummaryRecord(name, len(pairs), idle, metrics, worst_rows))
     return Report(
         inputs=Inputs(
             before=ckpts[0].path,
@@ -187,7 +190,10 @@ def analyze(
             exclude=exclude,
             chunk_size=chunk_size,
         ),
-        formats=tuple(from_json(FormatInfo, f.to_dict()) for f in fmts),
+        formats=tuple(
+            from_json(FormatInfo, d)
+            for d in {r.format.name: r.format.to_dict() for r in fmts}.values()
+        ),
         layers=tuple(layers),
         summary=tuple(summary),
         skipped=tuple(skipped),

@@ -12,6 +12,7 @@ sampled from /proc while the process runs) beside each:
   (c) altgrad analyze, one format, every metric, JSON to a file
   (d) the same with four formats (e4m3fn, e5m2, E3M4, E0M7)
   (e) a plain whole-tensor implementation of the seed's formulas (the seed-style baseline)
+  (f) altgrad analyze, four recipes: mxfp8, mxfp4, nvfp4, fp8_blockwise (block scales, 2-D tiles)
 """
 
 from __future__ import annotations
@@ -211,7 +212,7 @@ def main() -> None:
         "--skip-seed", action="store_true", help="leave out (e), the slow seed-style baseline"
     )
     parser.add_argument(
-        "--only", default="abcde", help="the cases to run, by letter (default: abcde)"
+        "--only", default="abcdef", help="the cases to run, by letter (default: abcdef)"
     )
     parser.add_argument("--child", choices=sorted(CHILD), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -257,6 +258,19 @@ def main() -> None:
             str(folder / "d.json"),
         ],
         "(e) seed-style, whole tensors": me + ["--child", "seed"],
+        "(f) analyze, 4 recipes": analyze
+        + [
+            "-f",
+            "mxfp8",
+            "-f",
+            "mxfp4",
+            "-f",
+            "nvfp4",
+            "-f",
+            "fp8_blockwise",
+            "--out",
+            str(folder / "f.json"),
+        ],
     }
     size = sum(p.stat().st_size for p in paths)
     print(
@@ -270,7 +284,12 @@ def main() -> None:
         medians[label[:3]] = statistics.median(s for s, _ in runs)
         peak = max(p for _, p in runs) / 1024
         print(f"{label:<32} {medians[label[:3]]:>9.2f} {len(runs):>5} {peak:>17.0f}")
-    ratios = [("c/b", "(c)", "(b)"), ("d/c", "(d)", "(c)"), ("e/c", "(e)", "(c)")]
+    ratios = [
+        ("c/b", "(c)", "(b)"),
+        ("d/c", "(d)", "(c)"),
+        ("e/c", "(e)", "(c)"),
+        ("f/c", "(f)", "(c)"),
+    ]
     print(
         "  ".join(
             f"{name} = {medians[x] / medians[y]:.2f}"

@@ -1,7 +1,8 @@
 """The per-(tensor, format) records of SPEC §Metrics, from chunks.
 
-`accumulate_tensor` computes the scales of a tensor (one amax pass per side, shared by every
-format), cuts it into chunks that never straddle a scale group, has chunk.py turn each chunk into
+`accumulate_tensor` computes each recipe's scales of a tensor (one amax pass per side and
+grouping, shared by the recipes that group alike), cuts it into chunks that never straddle a
+scale group of any recipe, has chunk.py turn each chunk into
 partial statistics (on a pool of threads when given one) and merges them in chunk order.
 `TensorAccumulator.results` turns the merged partials into the records. Nothing is materialised
 at full-tensor size, so memory is bounded by the chunk size.
@@ -9,16 +10,15 @@ at full-tensor size, so memory is bounded by the chunk size.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor
 
+from altgrad_cli.engine.blocks import BlockStats, block_stats
 from altgrad_cli.engine.kernel import (
-    EXP_HIGH,
-    EXP_LOW,
     FormatAccumulator,
     ScalePair,
     TensorCounts,
@@ -26,13 +26,22 @@ from altgrad_cli.engine.kernel import (
     update_format,
 )
 from altgrad_cli.engine.parallel import ChunkPool, one_torch_thread, ordered_map
-from altgrad_cli.engine.stats import BinnedCounts, UlpHistogram, fold_grid_steps
-from altgrad_cli.numerics.bits import floor_log2, working_dtype
+from altgrad_cli.engine.stats import UlpHistogram, fold_grid_steps
+from altgrad_cli.numerics.bits import working_dtype
 from altgrad_cli.numerics.formats import Format
-from altgrad_cli.numerics.layout import iter_chunks
-from altgrad_cli.numerics.rounding import overflow_mask
-from altgrad_cli.numerics.scaling import Scale, Scaling, group_amax, parse_scaling, scale_from_amax
+from altgrad_cli.numerics.layout import iter_chunks, iter_tile_chunks
+from altgrad_cli.numerics.recipes import Recipe, get_recipe
+from altgrad_cli.numerics.scaling import (
+    Scale,
+    ScaleMode,
+    Scaling,
+    group_amax,
+    matrix_view,
+    nvfp4_tensor_scale,
+    scale_from_amax,
+)
 from altgrad_cli.report.records import (
+    Blocks,
     GradStiffness,
     GridAlignment,
     GridSteps,
@@ -50,27 +59,36 @@ from altgrad_cli.report.records import (
 
 DEFAULT_GRAD_EPS = 1e-10
 DEFAULT_CHUNK = 1 << 18
+MANY_SCALES = (ScaleMode.CHANNEL, ScaleMode.BLOCK, ScaleMode.NVFP4)
 
 
 @dataclass
 class TensorAccumulator:
-    """The format-independent counts and ULPs of one tensor, plus one FormatAccumulator per format."""
+    """The format-independent counts and ULPs of one tensor, plus one FormatAccumulator (and,
+    for recipes with many scales, one BlockStats) per recipe, keyed by its canonical name. A
+    bare Format counts as the format under its default scaling."""
 
-    formats: tuple[Format, ...]
+    recipes: tuple[Recipe, ...]
     has_grads: bool
     counts: TensorCounts = field(default_factory=TensorCounts)
     ulp: UlpHistogram = field(default_factory=UlpHistogram)
     per_format: dict[str, FormatAccumulator] = field(default_factory=dict)
+    blocks: dict[str, BlockStats] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for fmt in self.formats:
-            self.per_format.setdefault(fmt.name, FormatAccumulator())
+        self.recipes = tuple(get_recipe(r) for r in self.recipes)
+        for recipe in self.recipes:
+            self.per_format.setdefault(recipe.name, FormatAccumulator())
+            if recipe.scaling.mode in MANY_SCALES:
+                self.blocks.setdefault(recipe.name, BlockStats())
 
     def merge(self, other: TensorAccumulator) -> None:
         self.counts.merge(other.counts)
         self.ulp.merge(other.ulp)
         for name, acc in other.per_format.items():
             self.per_format.setdefault(name, FormatAccumulator()).merge(acc)
+        for name, stats in other.blocks.items():
+            self.blocks.setdefault(name, BlockStats()).merge(stats)
 
     def update(
         self,
@@ -81,20 +99,20 @@ class TensorAccumulator:
         grad_eps: float = DEFAULT_GRAD_EPS,
     ) -> None:
         """Add one chunk. `before`/`after`/`grad` are in their storage dtype; `scales` holds, per
-        format, the scales (broadcastable to the chunk) to divide BEFORE and AFTER by, or None."""
+        recipe, the scales (broadcastable to the chunk) to divide BEFORE and AFTER by, or None."""
         prepared = prepare_chunk(before, after, grad, scales, grad_eps, self.counts, self.ulp)
         if prepared is None:
             return
         chunk, flat_scales = prepared
-        for fmt, (s_before, s_after) in zip(self.formats, flat_scales, strict=True):
-            update_format(self.per_format[fmt.name], fmt, chunk, s_before, s_after)
+        for recipe, (s_before, s_after) in zip(self.recipes, flat_scales, strict=True):
+            update_format(self.per_format[recipe.name], recipe.format, chunk, s_before, s_after)
 
     def results(self) -> dict[str, Metrics]:
-        """One record per format, keyed by format name (SPEC §Metrics)."""
-        return {fmt.name: self._record(fmt) for fmt in self.formats}
+        """One record per recipe, keyed by its canonical name (SPEC §Metrics)."""
+        return {recipe.name: self._record(recipe) for recipe in self.recipes}
 
-    def _record(self, fmt: Format) -> Metrics:
-        c, acc = self.counts, self.per_format[fmt.name]
+    def _record(self, recipe: Recipe) -> Metrics:
+        c, acc = self.counts, self.per_format[recipe.name]
         fc = acc.counts
         numel, n = c.numel, c.n
         n_nonzero = n - fc.stiffness_zero
@@ -153,6 +171,11 @@ class TensorAccumulator:
             ),
             overflow_frac=fc.overflow / numel if numel else 0.0,
             underflow_frac=fc.underflow / numel if numel else 0.0,
+            blocks=(
+                Blocks(**self.blocks[recipe.name].result(fc.underflow, n_nonzero))
+                if recipe.name in self.blocks
+                else None
+            ),
         )
 
 
@@ -171,39 +194,32 @@ def compute_stall_ratio(flips: int, updates: int) -> float:
 
 
 def scale_summary(scale: Scale, fmt: Format) -> ScaleRecord:
-    """The scale(s) of one tensor for its record: the value, or count/min/max/log2 histogram
-    and the fraction of groups whose largest element was clipped."""
-    values = scale.values.reshape(-1).to(torch.float64)
-    if scale.scaling.mode in ("tensor", "pow2", "none"):
+    """What scaling a record used: its mode, and the value of a single scale (NVFP4: the
+    tensor scale t). Many scales are described by the record's `blocks`."""
+    values = scale.values.reshape(-1)
+    if scale.is_single:
         return SingleScale(str(scale.scaling), float(values[0]) if values.numel() else 1.0)
-    amax = scale.amax.reshape(-1)
-    ratio = (amax.to(torch.float64) / values).to(amax.dtype)
-    clipped = int(overflow_mask(ratio, fmt).sum()) if values.numel() else 0
-    hist = BinnedCounts.empty(EXP_LOW, EXP_HIGH)
-    hist.update(floor_log2(values))
-    return GroupScales(
-        mode=str(scale.scaling),
-        count=values.numel(),
-        min=float(values.min()) if values.numel() else None,
-        max=float(values.max()) if values.numel() else None,
-        log2_histogram=hist.result(),
-        clipped_frac=clipped / values.numel() if values.numel() else 0.0,
-    )
+    t = None
+    if scale.scaling.mode is ScaleMode.NVFP4:
+        t = float(nvfp4_tensor_scale(scale.amax, fmt))
+    return GroupScales(mode=str(scale.scaling), tensor_scale=t)
 
 
 def tensor_metrics(
     before: Tensor,
     after: Tensor,
     grad: Tensor | None,
-    formats: Sequence[Format],
-    scaling: Scaling | str = "tensor",
+    formats: Sequence[Format | Recipe | str],
+    scaling: Scaling | str | None = None,
     *,
     rescale: bool = False,
     grad_eps: float = DEFAULT_GRAD_EPS,
     chunk: int = DEFAULT_CHUNK,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-    """(records, scales) per format name for one tensor, in their JSON form (plain dicts, for
-    use on tensors in a training loop), streamed in chunks of about `chunk` elements."""
+    """(records, scales) per recipe name for one tensor, in their JSON form (plain dicts, for
+    use on tensors in a training loop), streamed in chunks of about `chunk` elements.
+    `formats` are formats or recipes; `scaling` applies to bare formats (default: each
+    format's own, `none` for bf16/fp16, else `tensor`)."""
     acc, scales = accumulate_tensor(
         before, after, grad, formats, scaling, rescale=rescale, grad_eps=grad_eps, chunk=chunk
     )
@@ -211,12 +227,35 @@ def tensor_metrics(
     return records, {name: to_json(scale) for name, scale in scales.items()}
 
 
+def _lcm(values: Sequence[int]) -> int:
+    return math.lcm(*values) if values else 1
+
+
+def chunk_plan(
+    shape: tuple[int, ...], scalings: Sequence[Scaling], chunk: int
+) -> tuple[tuple[int, int], list[tuple[int, int, int, int]]]:
+    """The 2-D view every recipe's scales address, and its chunks: 1 × numel when every recipe
+    has one scale (the fast path), else P × last dim cut into whole tiles of every blocked
+    recipe (tile rows and widths combined by their least common multiple)."""
+    numel = math.prod(shape)
+    if all(s.mode in (ScaleMode.TENSOR, ScaleMode.POW2, ScaleMode.NONE) for s in scalings):
+        return (1, numel), list(iter_chunks(1, numel, chunk))
+    rows, cols, per_matrix = matrix_view(shape)
+    blocked = [s for s in scalings if s.is_blocked]
+    tile = _lcm([s.rows for s in blocked])
+    width = _lcm([s.cols for s in blocked])
+    if tile * width > chunk:  # tiles bigger than a chunk: keep tile rows, cut columns freely
+        width = math.gcd(*[s.cols for s in blocked]) if blocked else 1
+    bounds = iter_tile_chunks(rows, cols, per_matrix, tile, width, chunk)
+    return (rows, cols), list(bounds)
+
+
 def accumulate_tensor(
     before: Tensor,
     after: Tensor,
     grad: Tensor | None,
-    formats: Sequence[Format],
-    scaling: Scaling | str = "tensor",
+    formats: Sequence[Format | Recipe | str],
+    scaling: Scaling | str | None = None,
     *,
     rescale: bool = False,
     grad_eps: float = DEFAULT_GRAD_EPS,
@@ -225,25 +264,35 @@ def accumulate_tensor(
 ) -> tuple[TensorAccumulator, dict[str, ScaleRecord]]:
     """The mergeable accumulator of one tensor (for summaries across tensors) and its scales.
 
-    With a `pool`, chunks run on its threads; their partial results are merged in chunk order."""
-    scaling = parse_scaling(scaling)
-    formats = tuple(formats)
+    Each recipe has its own scaling; recipes whose scales group the tensor alike share one amax
+    pass per side. With a `pool`, chunks run on its threads; their partial results are merged in
+    chunk order."""
+    recipes = tuple(dict.fromkeys(get_recipe(f, scaling) for f in formats))
     dtype = working_dtype(before.dtype)
     shape = tuple(before.shape)
-    # one amax pass per side, shared by every format
-    amax_before = None if scaling.mode == "none" else group_amax(before, scaling)
-    amax_after = group_amax(after, scaling) if rescale and amax_before is not None else amax_before
+    amax: dict[tuple, tuple[Tensor, Tensor]] = {}
+    for recipe in recipes:  # one amax pass per side and grouping, shared by recipes
+        sc = recipe.scaling
+        if sc.mode is not ScaleMode.NONE and sc.grouping not in amax:
+            side_b = group_amax(before, sc)
+            amax[sc.grouping] = (side_b, group_amax(after, sc) if rescale else side_b)
     scale_pairs: list[tuple[Scale, Scale]] = []
-    for fmt in formats:
-        s_before = scale_from_amax(amax_before, fmt, scaling, shape, dtype)
-        s_after = scale_from_amax(amax_after, fmt, scaling, shape, dtype) if rescale else s_before
+    for recipe in recipes:
+        fmt, sc = recipe.format, recipe.scaling
+        amax_b, amax_a = amax.get(sc.grouping, (None, None))
+        s_before = scale_from_amax(amax_b, fmt, sc, shape, dtype)
+        s_after = scale_from_amax(amax_a, fmt, sc, shape, dtype) if rescale else s_before
         scale_pairs.append((s_before, s_after))
     acc = accumulate_scaled(
-        before, after, grad, formats, scale_pairs, grad_eps=grad_eps, chunk=chunk, pool=pool
+        before, after, grad, recipes, scale_pairs, grad_eps=grad_eps, chunk=chunk, pool=pool
     )
+    for recipe, (s_before, s_after) in zip(recipes, scale_pairs, strict=True):
+        if not s_before.is_single:
+            stats = block_stats(s_before, s_after if rescale else None, recipe.format)
+            acc.blocks[recipe.name].merge(stats)
     scales = {
-        fmt.name: scale_summary(pair[0], fmt)
-        for fmt, pair in zip(formats, scale_pairs, strict=True)
+        recipe.name: scale_summary(pair[0], recipe.format)
+        for recipe, pair in zip(recipes, scale_pairs, strict=True)
     }
     return acc, scales
 
@@ -252,32 +301,35 @@ def accumulate_scaled(
     before: Tensor,
     after: Tensor,
     grad: Tensor | None,
-    formats: Sequence[Format],
+    formats: Sequence[Format | Recipe],
     scale_pairs: Sequence[tuple[Scale, Scale]],
     *,
     grad_eps: float = DEFAULT_GRAD_EPS,
     chunk: int = DEFAULT_CHUNK,
     pool: ChunkPool | None = None,
 ) -> TensorAccumulator:
-    """The accumulator of one tensor under scales already known: per format, the (BEFORE, AFTER)
-    `Scale` pair, all of one scaling (it sets the chunk layout). `accumulate_tensor` computes
-    the scales and comes here; the seed functions, whose callers hand them a scale, come here
-    too, so they run the CLI's chunks, kernel and merge order and get its numbers to the bit."""
-    formats = tuple(formats)
+    """The accumulator of one tensor under scales already known: per format or recipe, the
+    (BEFORE, AFTER) `Scale` pair; the pairs' scalings together set the chunk layout.
+    `accumulate_tensor` computes the scales and comes here; the seed functions, whose callers
+    hand them a scale, come here too, so they run the CLI's chunks, kernel and merge order and
+    get its numbers to the bit. A bare Format is keyed by its name."""
+    recipes = tuple(get_recipe(f) for f in formats)
     dtype = working_dtype(before.dtype)
-    layout = scale_pairs[0][0] if scale_pairs else None
-    rows, cols = layout.view_shape() if layout is not None else (1, before.numel())
+    scalings = [pair[0].scaling for pair in scale_pairs]
+    (rows, cols), bounds = chunk_plan(tuple(before.shape), scalings, chunk)
     b2, a2 = before.reshape(rows, cols), after.reshape(rows, cols)
     g2 = grad.reshape(rows, cols) if grad is not None else None
-    align = layout.scaling.block if layout is not None and layout.scaling.mode == "block" else 1
 
     def one_chunk(bounds: tuple[int, int, int, int]) -> TensorAccumulator:
         r0, r1, c0, c1 = bounds
-        pairs = [
-            tuple(None if s.is_unit else s.for_chunk(r0, r1, c0, c1).to(dtype) for s in pair)
-            for pair in scale_pairs
-        ]
-        part = TensorAccumulator(formats, grad is not None)
+        pairs = []
+        for s_before, s_after in scale_pairs:
+            first = None if s_before.is_unit else s_before.for_chunk(r0, r1, c0, c1).to(dtype)
+            if s_after is s_before:  # without --rescale: one expansion serves both sides
+                pairs.append((first, first))
+            else:
+                pairs.append((first, s_after.for_chunk(r0, r1, c0, c1).to(dtype)))
+        part = TensorAccumulator(recipes, grad is not None)
         part.update(
             b2[r0:r1, c0:c1],
             a2[r0:r1, c0:c1],
@@ -287,8 +339,8 @@ def accumulate_scaled(
         )
         return part
 
-    acc = TensorAccumulator(formats, grad is not None)
+    acc = TensorAccumulator(recipes, grad is not None)
     with one_torch_thread():  # per-chunk sums that do not depend on the machine's core count
-        for part in ordered_map(one_chunk, iter_chunks(rows, cols, chunk, align), pool):
+        for part in ordered_map(one_chunk, bounds, pool):
             acc.merge(part)
     return acc

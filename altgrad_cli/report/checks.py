@@ -152,6 +152,10 @@ def evaluate(
         if not targets:
             raise UsageError(_selects_nothing(report, rule, layer, formats))
         for target, fmt, record in targets:
+            if rule.key.split(".")[0] == "blocks" and record.get("blocks", {}) is None:
+                message = "one scale: no blocks record"  # tensor or unscaled recipe
+                results.append(CheckResult(rule.text, target, fmt, None, None, "skip", message))
+                continue
             value = _numeric(record, rule)
             if rule.uses_baseline:
                 old = base.get((target, fmt))

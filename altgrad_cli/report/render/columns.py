@@ -74,6 +74,10 @@ CSV_KEYS = [
     "stiffness.min",
     "stiffness.max",
     "grid_alignment.std",
+    "blocks.count",
+    "blocks.clipped_frac",
+    "blocks.deadzone_frac",
+    "blocks.scale_changed_frac",
 ]
 
 
