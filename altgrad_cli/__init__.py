@@ -7,6 +7,7 @@ from altgrad_cli.engine.tensor import compute_stall_ratio, tensor_metrics
 from altgrad_cli.errors import AltgradError, FormatError, InputError, UsageError
 from altgrad_cli.numerics.formats import Format, get_format, registry
 from altgrad_cli.numerics.quantize import encode, quantize
+from altgrad_cli.numerics.recipes import Recipe, get_recipe
 from altgrad_cli.numerics.rounding import decode
 from altgrad_cli.numerics.scaling import Scale, Scaling, compute_scale
 from altgrad_cli.pipeline import analyze
@@ -49,6 +50,7 @@ __all__ = [
     "Format",
     "FormatError",
     "InputError",
+    "Recipe",
     "Scale",
     "Scaling",
     "StoredWeights",
@@ -63,6 +65,7 @@ __all__ = [
     "decode",
     "encode",
     "get_format",
+    "get_recipe",
     "gradient_stiffness_correlation",
     "grid_alignment_error",
     "grid_alignment_statistics",

@@ -25,7 +25,8 @@ from altgrad_cli.io.bounds import check_run_options
 from altgrad_cli.io.checkpoint import Checkpoint
 from altgrad_cli.io.memory import open_checkpoint
 from altgrad_cli.io.pairing import Pair, pair_tensors
-from altgrad_cli.numerics.formats import Format, get_format
+from altgrad_cli.numerics.formats import Format
+from altgrad_cli.numerics.recipes import Recipe, parse_recipes
 from altgrad_cli.numerics.scaling import parse_scaling
 from altgrad_cli.report.records import (
     FormatInfo,
@@ -68,8 +69,8 @@ class TensorResult:
 def iter_tensor_results(
     pairs: Sequence[Pair],
     checkpoints: tuple[Checkpoint, Checkpoint, Checkpoint | None],
-    formats: Sequence[Format],
-    scaling: str,
+    formats: Sequence[Recipe],
+    scaling: str | None,
     *,
     rescale: bool,
     grad_eps: float,
@@ -104,8 +105,7 @@ Source = str | os.PathLike[str] | Mapping[str, Tensor]
 
 def iter_dask_results(
     pairs: Sequence[Pair],
-    formats: Sequence[Format],
-    scaling: str,
+    recipes: Sequence[Recipe],
     *,
     rescale: bool,
     grad_eps: float,
@@ -119,7 +119,7 @@ def iter_dask_results(
     same order, to the bit."""
     from altgrad_cli.engine.distributed import Job, run_on_dask
 
-    job = Job(tuple(formats), parse_scaling(scaling), rescale, grad_eps, chunk)
+    job = Job(tuple(recipes), rescale, grad_eps, chunk)
     results = run_on_dask(
         pairs, job, address=address, workers=workers, timeout=timeout, progress=progress
     )
@@ -148,8 +148,8 @@ def analyze(
     after: Source,
     *,
     grads: Source | None = None,
-    formats: str | Format | Sequence[str | Format] = ("e4m3fn",),
-    scaling: str = "tensor",
+    formats: str | Format | Recipe | Sequence[str | Format | Recipe] = ("e4m3fn",),
+    scaling: str | None = None,
     rescale: bool = False,
     grad_eps: float = DEFAULT_GRAD_EPS,
     strip_prefix: Sequence[str] = (),
@@ -162,16 +162,18 @@ def analyze(
     dask: str | None = None,
     dask_timeout: float = 10.0,
 ) -> Report:
-    """Analyse one optimizer step: BEFORE and AFTER checkpoints, optional gradients, one or more formats.
+    """Analyse one optimizer step: BEFORE and AFTER checkpoints, optional gradients, one or more
+    formats or recipes (`mxfp8`, `e4m3fn@block:32:rceil`). `scaling` applies to bare formats;
+    without it each format uses its default (`none` for bf16 and fp16, else `tensor`).
 
     Chunks run on `threads` cores (default: every core this process may use); the numbers do
     not depend on it. BEFORE, AFTER and grads may be state dicts from a training loop. With
     `dask` (a scheduler address, or "local" for a LocalCluster of `threads` worker processes)
     tensors and chunk ranges run as Dask tasks: the same report, to the bit."""
-    if isinstance(formats, (str, Format)):
+    if isinstance(formats, (str, Format, Recipe)):
         formats = (formats,)
-    fmts = tuple(dict.fromkeys(get_format(f) for f in formats))
-    scaling_text = str(parse_scaling(scaling))
+    scaling_text = None if scaling is None else str(parse_scaling(scaling))
+    fmts = tuple(parse_recipes(list(formats), scaling_text))
     check_run_options(chunk_size=chunk_size, threads=threads, grad_eps=grad_eps)
     if dask not in (None, "local") and threads is not None:
         raise UsageError(
@@ -202,7 +204,6 @@ def analyze(
             results = iter_dask_results(
                 pairs,
                 fmts,
-                scaling_text,
                 address=dask,
                 workers=threads,
                 timeout=dask_timeout,
@@ -213,7 +214,7 @@ def analyze(
             total.merge(result.accumulator)
     summary = []
     source = update_source(grads is not None, sum(p.grad is not None for p in pairs), len(pairs))
-    for fmt, (name, metrics) in zip(fmts, total.results().items(), strict=True):
+    for name, metrics in total.results().items():
         metrics = replace(metrics, update_source=source)
         own = [r for r in layers if r.format == name]
         updated = sorted(
@@ -225,7 +226,7 @@ def analyze(
             for r in updated[:worst]
         )
         idle = len(own) - len(updated)
-        summary.append(SummaryRecord(fmt.name, len(pairs), idle, metrics, worst_rows))
+        summary.append(SummaryRecord(name, len(pairs), idle, metrics, worst_rows))
     return Report(
         inputs=Inputs(
             before=ckpts[0].path,
@@ -242,7 +243,10 @@ def analyze(
             exclude=exclude,
             chunk_size=chunk_size,
         ),
-        formats=tuple(from_json(FormatInfo, f.to_dict()) for f in fmts),
+        formats=tuple(
+            from_json(FormatInfo, d)
+            for d in {r.format.name: r.format.to_dict() for r in fmts}.values()
+        ),
         layers=tuple(layers),
         summary=tuple(summary),
         skipped=tuple(skipped),

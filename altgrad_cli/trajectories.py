@@ -17,8 +17,9 @@ from altgrad_cli.engine.trajectory import Recipe, TrajectoryCounts, accumulate_t
 from altgrad_cli.errors import UsageError
 from altgrad_cli.io.checkpoint import Checkpoint
 from altgrad_cli.io.series import align_tensors
-from altgrad_cli.numerics.formats import Format, get_format
-from altgrad_cli.numerics.scaling import parse_scaling
+from altgrad_cli.numerics.formats import Format
+from altgrad_cli.numerics.recipes import get_recipe
+from altgrad_cli.numerics.scaling import ScaleMode, parse_scaling
 from altgrad_cli.pipeline import Progress, analyze
 from altgrad_cli.report.records import FormatInfo
 from altgrad_cli.report.serialize import from_json
@@ -35,13 +36,22 @@ from altgrad_cli.report.trajectory import (
 )
 
 
-def _recipes(formats: Sequence[str | Format], scaling: str) -> tuple[Recipe, ...]:
-    """The recipes of `-f` (and `--scaling`), parsed as `analyze` parses them; duplicates run once."""
-    scaling_mode = parse_scaling(scaling)
-    fmts = tuple(dict.fromkeys(get_format(f) for f in formats))
-    if not fmts:
+def _recipes(formats: Sequence[str | Format], scaling: str | None) -> tuple[Recipe, ...]:
+    """The recipes of `-f` (and `--scaling`), parsed as `analyze` parses them; duplicates run once.
+    Recipes whose scales need a whole-tensor pass per chunk layout (2-D tiles, NVFP4) are not
+    followed yet: refused, not approximated."""
+    if not formats:
         raise UsageError("give at least one format (-f)")
-    return tuple(Recipe(f.name, f, scaling_mode) for f in fmts)
+    recipes: dict[str, Recipe] = {}
+    for item in formats:
+        recipe = get_recipe(item, scaling)
+        if recipe.scaling.mode is ScaleMode.NVFP4 or recipe.scaling.rows > 1:
+            raise UsageError(
+                f"trajectory does not follow {recipe.name} yet (2-D tiles and NVFP4); "
+                "use analyze on each pair of checkpoints"
+            )
+        recipes.setdefault(recipe.name, Recipe(recipe.name, recipe.format, recipe.scaling))
+    return tuple(recipes.values())
 
 
 def _metrics(counts: TrajectoryCounts) -> TrajectoryMetrics:
@@ -63,7 +73,7 @@ def trajectory(
     checkpoints: Sequence[str | os.PathLike[str]],
     *,
     formats: Sequence[str | Format] = ("e4m3fn",),
-    scaling: str = "tensor",
+    scaling: str | None = None,
     fixed_scale: bool = False,
     strip_prefix: Sequence[str] = (),
     include: str | None = None,
@@ -159,8 +169,7 @@ def trajectory(
                 analyze(
                     paths[t - 1],
                     paths[t],
-                    formats=[r.format for r in recipes],
-                    scaling=scaling,
+                    formats=[r.name for r in recipes],
                     rescale=not fixed_scale,
                     strip_prefix=strip_prefix,
                     include=include,
@@ -175,7 +184,7 @@ def trajectory(
         inputs=TrajectoryInputs(tuple(paths)),
         options=TrajectoryOptions(
             formats=tuple(r.name for r in recipes),
-            scaling=str(parse_scaling(scaling)),
+            scaling=None if scaling is None else str(parse_scaling(scaling)),
             fixed_scale=fixed_scale,
             strip_prefix=tuple(strip_prefix),
             include=include,

@@ -12,6 +12,7 @@ sampled from /proc while the process runs) beside each:
   (c) altgrad analyze, one format, every metric, JSON to a file
   (d) the same with four formats (e4m3fn, e5m2, E3M4, E0M7)
   (e) a plain whole-tensor implementation of the seed's formulas (the seed-style baseline)
+  (f) altgrad analyze, four recipes: mxfp8, mxfp4, nvfp4, fp8_blockwise (block scales, 2-D tiles)
   (g) altgrad trajectory over 10 checkpoints of the same shapes (C0 = before; each later one
       drifts by k·Δ and dithers by a fresh N(0, 1/2)·1e-4), one format, JSON to a file; its time
       per checkpoint is compared with one analyze (c)
@@ -258,7 +259,7 @@ def main() -> None:
         "--skip-seed", action="store_true", help="leave out (e), the slow seed-style baseline"
     )
     parser.add_argument(
-        "--only", default="abcdegh", help="the cases to run, by letter (default: abcdegh)"
+        "--only", default="abcdefgh", help="the cases to run, by letter (default: abcdefgh)"
     )
     parser.add_argument("--child", choices=sorted(CHILD), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -306,6 +307,19 @@ def main() -> None:
         "(e) seed-style, whole tensors": me + ["--child", "seed"],
         "(h) analyze, 2-worker LocalCluster": analyze
         + ["--dask", "local", "--threads", "2", "--out", str(folder / "h.json")],
+        "(f) analyze, 4 recipes": analyze
+        + [
+            "-f",
+            "mxfp8",
+            "-f",
+            "mxfp4",
+            "-f",
+            "nvfp4",
+            "-f",
+            "fp8_blockwise",
+            "--out",
+            str(folder / "f.json"),
+        ],
     }
     if "h" in args.only and importlib.util.find_spec("distributed") is None:
         print("(h) left out: Dask is not installed (pip install 'altgrad-cli[dask]')")
@@ -348,6 +362,7 @@ def main() -> None:
         ("d/c", "(d)", "(c)"),
         ("e/c", "(e)", "(c)"),
         ("h/c", "(h)", "(c)"),
+        ("f/c", "(f)", "(c)"),
     ]
     if "(g)" in medians:
         medians["(g1)"] = medians["(g)"] / TRAJECTORY_CHECKPOINTS

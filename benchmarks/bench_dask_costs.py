@@ -28,8 +28,7 @@ from altgrad_cli.engine.allocator import keep_freed_buffers
 from altgrad_cli.engine.tensor import TensorAccumulator, accumulate_ranges, chunk_ranges
 from altgrad_cli.engine.tensor import tensor_scales as compute_scales
 from altgrad_cli.io.checkpoint import Checkpoint
-from altgrad_cli.numerics.formats import get_format
-from altgrad_cli.numerics.scaling import parse_scaling
+from altgrad_cli.numerics.recipes import get_recipe
 
 ELEMENTS = 1 << 23  # one range at the default chunk size
 MODELS = {"7B": 7e9, "70B": 70e9, "405B": 405e9}
@@ -57,8 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     keep_freed_buffers()
-    fmts = (get_format("e4m3fn"),)
-    scaling = parse_scaling("tensor")
+    fmts = (get_recipe("e4m3fn", "tensor"),)
     with tempfile.TemporaryDirectory() as tmp:
         g = torch.Generator().manual_seed(0)
         before = torch.randn(ELEMENTS // 4096, 4096, generator=g) * 0.02
@@ -70,15 +68,15 @@ def main() -> None:
             save_file({"w": t}, str(paths[-1]))
         del before, after, grad
         b, a, gr = (Checkpoint(p).tensor("w") for p in paths)
-        scales = compute_scales(b, a, fmts, scaling)
-        (bounds,) = chunk_ranges(tuple(b.shape), scaling, 1 << 18)
+        scales = compute_scales(b, a, fmts)
+        (bounds,) = chunk_ranges(tuple(b.shape), [r.scaling for r in fmts], 1 << 18)
         result: list[TensorAccumulator] = []
 
         def one_range() -> None:
             result[:] = accumulate_ranges(b, a, gr, fmts, scales, [bounds])
 
         worker = best(one_range, args.repeat) / ELEMENTS * 1e9
-        amax = best(lambda: compute_scales(b, a, fmts, scaling), args.repeat) / ELEMENTS * 1e9
+        amax = best(lambda: compute_scales(b, a, fmts), args.repeat) / ELEMENTS * 1e9
         raw = pickle.dumps(result[0])
 
         def merge_100() -> None:

@@ -149,7 +149,7 @@ def test_exit_codes(report_file, tmp_path):
     assert "FAIL stall_ratio >= 1: norm.weight [e4m3fn] = 1.0 (threshold 1.0)" in failing.stderr
     assert check(tmp_path / "missing.json", "--fail-if", "flips > 0").exit_code == 3
     corrupt = tmp_path / "corrupt.json"
-    corrupt.write_text('{"schema": "altgrad.report/1", "layers": [')
+    corrupt.write_text('{"schema": "altgrad.report/2", "layers": [')
     result = check(corrupt, "--fail-if", "flips > 0")
     assert (
         result.exit_code == 3

@@ -84,7 +84,7 @@ def test_json_is_deterministic_and_stdout_only_json(ckpt):
     second = run(before, after, "--grads", grads, "-o", "json")
     assert first.stdout == second.stdout
     report = json.loads(first.stdout)
-    assert report["schema"] == "altgrad.report/1"
+    assert report["schema"] == "altgrad.report/2"
     summary = report["summary"][0]
     assert summary["flips"] == sum(layer["flips"] for layer in report["layers"])
     assert summary["updates"] == sum(layer["updates"] for layer in report["layers"])
@@ -210,8 +210,9 @@ def test_several_formats_in_one_run(ckpt):
     )
     assert [s["format"] for s in report["summary"]] == ["e4m3fn", "E0M7", "e2m1fn"]
     assert len(report["layers"]) == 9
-    table = run(before, after, "--grads", grads, "-f", "e4m3fn", "-f", "E0M7").stdout
-    assert "Stall ratio by format" in table
+    table = run(before, after, "--grads", grads, "-f", "e4m3fn", "-f", "mxfp4").stdout
+    assert "Stall ratio by recipe" in table and "What if" in table
+    assert "Block scales, e2m1fn@block:32:floor" in table
 
 
 def test_chunk_size_does_not_change_the_numbers(ckpt):

@@ -29,7 +29,7 @@ from altgrad_cli.engine.tensor import RANGE_CHUNKS, chunk_ranges  # noqa: E402
 from altgrad_cli.errors import InputError  # noqa: E402
 from altgrad_cli.io.checkpoint import Checkpoint  # noqa: E402
 from altgrad_cli.io.pairing import pair_tensors  # noqa: E402
-from altgrad_cli.numerics.formats import get_format  # noqa: E402
+from altgrad_cli.numerics.recipes import get_recipe  # noqa: E402
 from altgrad_cli.numerics.scaling import parse_scaling  # noqa: E402
 from altgrad_cli.pipeline import analyze  # noqa: E402
 from altgrad_cli.report.render.json_out import render_json  # noqa: E402
@@ -92,7 +92,7 @@ def sharded(tmp_path_factory):
 
 
 def test_the_synthetic_checkpoint_is_many_ranges():
-    ranges = chunk_ranges((600, 512), parse_scaling("tensor"), CHUNK)
+    ranges = chunk_ranges((600, 512), [parse_scaling("tensor")], CHUNK)
     assert len(ranges) == 10 and sum(map(len, ranges)) == 300
     assert all(len(r) == RANGE_CHUNKS for r in ranges[:-1]) and len(ranges[-1]) == 300 - 9 * 32
 
@@ -177,7 +177,7 @@ def test_unreachable_scheduler_is_one_line_exit_3():
 def _planned(sharded):
     before, after, grads = (Checkpoint(p) for p in sharded)
     pairs, _ = pair_tensors(before, after, grads)
-    job = Job((get_format("e4m3fn"),), parse_scaling("tensor"), False, 1e-10, CHUNK)
+    job = Job((get_recipe("e4m3fn", "tensor"),), False, 1e-10, CHUNK)
     return pairs, job
 
 

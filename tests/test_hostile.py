@@ -101,7 +101,7 @@ def test_out_onto_a_symlink_writes_through_to_its_target(tmp_path):
     link.symlink_to(target)
     assert cli("analyze", before, after, "-o", "json", "--out", link).exit_code == 0
     assert link.is_symlink() and os.readlink(link) == str(target)
-    assert _strict(target.read_text())["schema"] == "altgrad.report/1"
+    assert _strict(target.read_text())["schema"] == "altgrad.report/2"
     assert sorted(p.name for p in target.parent.iterdir()) == ["latest.json"]  # no temp left
     # a device cannot be replaced: it is written to, and stays a device
     assert cli("analyze", before, after, "-o", "json", "--out", "/dev/null").exit_code == 0
@@ -338,7 +338,7 @@ def test_output_write_failures_are_one_line(tmp_path, monkeypatch):
     one_line(result, 2, "GITHUB_STEP_SUMMARY", "does not exist")
     long_name = tmp_path / ("r" * 250 + ".json")  # 255 bytes: legal, the temp name must be short
     assert cli("analyze", before, after, "-o", "json", "--out", long_name).exit_code == 0
-    assert _strict(long_name.read_text())["schema"] == "altgrad.report/1"
+    assert _strict(long_name.read_text())["schema"] == "altgrad.report/2"
 
     def read_only(*args, **kwargs):
         raise OSError(30, "Read-only file system")

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import enumerate_grid, round_to_grid
 
-from altgrad_cli import compute_scale, get_format, tensor_metrics
+from altgrad_cli import compute_scale, get_format, get_recipe, tensor_metrics
 from altgrad_cli.engine.kernel import ulp_distances
 from altgrad_cli.engine.stats import CoMoments, Moments, UlpHistogram
 
@@ -171,7 +171,7 @@ def test_metrics_match_whole_tensor_reference(fmt_name, scaling, clean):
         scaling,
         chunk=100,
     )
-    record = records[fmt.name]
+    record = records[get_recipe(fmt, scaling).name]
     ref, (stiff, absg) = reference_record(before, after, grad, fmt_name, scaling)
     for key, want in ref.items():
         got = _get(record, key)
@@ -199,24 +199,27 @@ def test_bf16_storage_ulps_count_bf16_values():
         [1.0078125, 1.0234375, -1.0, 2.0**-133], dtype=torch.bfloat16
     )  # +1, +3 ULPs, +1
     records, _ = tensor_metrics(before, after, None, [get_format("e4m3fn")], "none")
-    ulp = records["e4m3fn"]["ulp"]
+    ulp = records["e4m3fn@none"]["ulp"]
     assert ulp["max"] == 3 and ulp["zero_frac"] == 0.25 and ulp["mean"] == pytest.approx(5 / 4)
-    assert records["e4m3fn"]["update_source"] == "delta" and records["e4m3fn"]["updates"] == 3
+    assert (
+        records["e4m3fn@none"]["update_source"] == "delta"
+        and records["e4m3fn@none"]["updates"] == 3
+    )
 
 
 def test_f8_storage_and_float64():
     b8 = torch.tensor([1.0, 2.0, -4.0]).to(torch.float8_e4m3fn)
     a8 = torch.tensor([1.125, 2.0, -3.75]).to(torch.float8_e4m3fn)  # one e4m3fn step each
     r, _ = tensor_metrics(b8, a8, None, [get_format("e4m3fn")], "none")
-    assert r["e4m3fn"]["flips"] == 2 and r["e4m3fn"]["ulp"]["max"] == 1
+    assert r["e4m3fn@none"]["flips"] == 2 and r["e4m3fn@none"]["ulp"]["max"] == 1
     b64 = torch.tensor([1.0, 2.0], dtype=torch.float64)
     r, _ = tensor_metrics(
         b64, b64 * (1 + 2.0**-52), None, [get_format("e4m3fn")], "none"
     )  # one ULP each
-    assert r["e4m3fn"]["ulp"]["median"] == 1 and r["e4m3fn"]["flips"] == 0
+    assert r["e4m3fn@none"]["ulp"]["median"] == 1 and r["e4m3fn@none"]["flips"] == 0
     far = torch.tensor([3.0, -3.0, 1.0], dtype=torch.float64)  # ±3 are over 2^63 apart
     r, _ = tensor_metrics(far, -far, None, [get_format("e4m3fn")], "none")
-    ulp = r["e4m3fn"]["ulp"]
+    ulp = r["e4m3fn@none"]["ulp"]
     want = (2 * (2**63 - 1) + 2 * 0x3FF0000000000000) / 3  # two saturated, and 1 -> -1
     assert ulp["max"] == 2**63 - 1 and ulp["mean"] == pytest.approx(want, rel=1e-12)
 
@@ -271,7 +274,7 @@ def test_empty_scalar_and_all_zero_tensors():
     r, _ = tensor_metrics(torch.zeros(0), torch.zeros(0), None, [fmt])
     assert r["e4m3fn"]["numel"] == 0 and r["e4m3fn"]["stall_ratio"] == 0.0
     r, _ = tensor_metrics(torch.tensor(1.0), torch.tensor(0.5), torch.tensor(1.0), [fmt], "channel")
-    assert r["e4m3fn"]["numel"] == 1 and r["e4m3fn"]["flips"] == 1
+    assert r["e4m3fn@channel"]["numel"] == 1 and r["e4m3fn@channel"]["flips"] == 1
     r, _ = tensor_metrics(torch.zeros(3, 3), torch.zeros(3, 3), torch.zeros(3, 3), [fmt])
     assert (
         r["e4m3fn"]["stiffness"]["histogram"] == {"zero": 9}
@@ -305,8 +308,9 @@ def test_one_chunk_equals_many_chunks_on_a_bigger_tensor():
 
 def test_scale_summary_for_blocks():
     x = torch.tensor([[448.0, 1.0, 500.0, 0.0]])
-    _, scales = tensor_metrics(x, x, None, [get_format("e4m3fn")], "block:2")
-    s = scales["e4m3fn"]
+    records, scales = tensor_metrics(x, x, None, [get_format("e4m3fn")], "block:2")
+    assert scales["e4m3fn@block:2:floor"] == {"mode": "block:2:floor"}
+    s = records["e4m3fn@block:2:floor"]["blocks"]
     assert s["count"] == 2 and s["min"] == 1.0 and s["max"] == 1.0
     assert s["clipped_frac"] == 0.5  # 500 under scale 2^(8-8) = 1 overflows 448
     assert s["log2_histogram"] == {"0": 2}

@@ -89,18 +89,16 @@ def test_field_paths_are_exactly_the_json_keys(report):
     layer = report.layers[0].to_dict()
     summary = report.summary[0].to_dict()
     # histograms are open-ended objects: their keys are data, not fields
-    assert {p for p in _leaf_paths(layer) if ".histogram." not in p} | {
+    # one scale per tensor here: `blocks` is null and the group-scale fields are absent
+    paths = field_paths(LayerRecord)
+    assert {p for p in _leaf_paths(layer) if ".histogram." not in p} - {"blocks"} | {
         "grid_steps.histogram",
         "stiffness.histogram",
-    } == field_paths(LayerRecord) - {
-        "scale.count",
-        "scale.min",
-        "scale.max",
-        "scale.log2_histogram",
-        "scale.clipped_frac",
-    }
+    } == paths - {"scale.tensor_scale"} - {p for p in paths if p.startswith("blocks.")}
+    assert layer["blocks"] is None
     assert {"worst", "tensors", "format"} <= field_paths(SummaryRecord)
-    assert {p for p in _leaf_paths(summary) if ".histogram." not in p} <= field_paths(SummaryRecord)
+    summary_paths = {p for p in _leaf_paths(summary) if ".histogram." not in p} - {"blocks"}
+    assert summary_paths <= field_paths(SummaryRecord)
 
 
 def test_every_column_names_a_field():

@@ -91,6 +91,7 @@ def _metrics(updates: int, flips: int, on_updates: int, numel: int) -> Metrics:
             },
             "overflow_frac": 0.0,
             "underflow_frac": 0.0,
+            "blocks": None,
         },
     )
 

@@ -145,7 +145,7 @@ def analyze_report(
         ]
         summary.append(record)
     report = {
-        "schema": "altgrad.report/1",
+        "schema": "altgrad.report/2",
         "inputs": {"before": "run/step_1000", "after": "run/step_1001", "grads": "run/grads"},
         "options": {"formats": list(recipes), "scaling": "tensor", "rescale": False},
         "formats": [],
@@ -265,7 +265,7 @@ def test_no_section_without_its_data():
     assert sections(page) == {"run", "summary", "heatmap", "histograms", "layers"}
     for absent in ("RNE", "Block scales", "What-if", "Checks", "Skipped", "Trajectory"):
         assert f"<h2>{absent}" not in page
-    empty = {"schema": "altgrad.report/1", "inputs": {}, "options": {}, "layers": []}
+    empty = {"schema": "altgrad.report/2", "inputs": {}, "options": {}, "layers": []}
     assert sections(render_html(empty)) == {"run"}
 
 
@@ -451,8 +451,8 @@ def test_render_out_file(saved, tmp_path):
         (json.dumps({"layers": []}), "no schema"),
         (json.dumps([1, 2]), "no schema"),
         ("{not json", "not a valid JSON report"),
-        ('{"schema": "altgrad.report/1", "x": NaN}', "NaN is not JSON"),
-        (json.dumps({"schema": "altgrad.report/1", "layers": [{}]}), "malformed report"),
+        ('{"schema": "altgrad.report/2", "x": NaN}', "NaN is not JSON"),
+        (json.dumps({"schema": "altgrad.report/2", "layers": [{}]}), "malformed report"),
     ],
 )
 def test_render_foreign_json_exit_3(tmp_path, content, problem):

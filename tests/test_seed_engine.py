@@ -108,7 +108,9 @@ def unscaled(step):
             scaling="none",
             include=f"^{name}$",
         )
-        layers.update(_layers(report.to_dict()))
+        # recorded as FORMAT@none (a recipe's canonical name): keyed here by the format
+        unscaled = _layers(report.to_dict()).items()
+        layers.update({(n, fmt.removesuffix("@none")): r for (n, fmt), r in unscaled})
     return layers
 
 

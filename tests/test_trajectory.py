@@ -40,7 +40,8 @@ def run(*args: object):
 
 
 def _layer(report, name: str, fmt: str):
-    (layer,) = [r for r in report.layers if r.name == name and r.format == fmt]
+    # records carry the recipe's canonical name: the format, with "@SCALING" unless its default
+    (layer,) = [r for r in report.layers if r.name == name and r.format.split("@")[0] == fmt]
     return layer.metrics
 
 

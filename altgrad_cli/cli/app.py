@@ -88,14 +88,18 @@ def formats_command(
         FormatsOutput, typer.Option("--output", "-o", help="table or json")
     ] = FormatsOutput.table,
 ) -> None:
-    """List every registered format: bits, bias, specials, range."""
-    rows = [f.to_dict() for f in registry()]
+    """List every registered format (bits, bias, specials, range) and the named recipes."""
+    from altgrad_cli.numerics.recipes import recipe_rows
+
     if output is FormatsOutput.json:
+        rows = {"formats": [f.to_dict() for f in registry()], "recipes": recipe_rows()}
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
-    from altgrad_cli.report.render.formats_table import render_formats
+    from altgrad_cli.report.render.formats_table import render_formats, render_recipes
 
-    render_formats(registry(), Console())
+    console = Console()
+    render_formats(registry(), console)
+    render_recipes(recipe_rows(), console)
 
 
 class Output(str, Enum):
@@ -161,11 +165,22 @@ def analyze_command(
         Path | None, typer.Option("--grads", "-g", help="Gradients, same layouts and names.")
     ] = None,
     format: Annotated[
-        list[str], typer.Option("--format", "-f", help="Format(s) to analyse (repeatable).")
+        list[str],
+        typer.Option(
+            "--format",
+            "-f",
+            help="Format or recipe: FORMAT[@SCALING] or a named recipe (mxfp8, nvfp4, "
+            "fp8_blockwise, ...; see `altgrad formats`). Repeatable.",
+        ),
     ] = ["e4m3fn"],
     scaling: Annotated[
-        str, typer.Option(help="tensor | pow2 | channel | block:N[:floor|rceil|ceil|even] | none")
-    ] = "tensor",
+        str | None,
+        typer.Option(
+            help="For -f without @: tensor | pow2 | channel | nvfp4 | none | "
+            "block:N[:RULE] | block:RxC[:RULE], RULE floor|rceil|ceil|even|fp32 "
+            "(default: none for bf16/fp16, else tensor)"
+        ),
+    ] = None,
     rescale: Annotated[
         bool, typer.Option("--rescale", help="Scale AFTER by its own amax (current scaling).")
     ] = False,

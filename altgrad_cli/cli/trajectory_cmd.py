@@ -84,8 +84,12 @@ def trajectory_command(
         list[str], typer.Option("--format", "-f", help="Format(s) to follow (repeatable).")
     ] = ["e4m3fn"],
     scaling: Annotated[
-        str, typer.Option(help="tensor | pow2 | channel | block:N[:floor|rceil|ceil|even] | none")
-    ] = "tensor",
+        str | None,
+        typer.Option(
+            help="For bare formats: tensor | pow2 | channel | block:N[:RULE] | none "
+            "(default: none for bf16/fp16, else tensor)"
+        ),
+    ] = None,
     fixed_scale: Annotated[
         bool,
         typer.Option("--fixed-scale", help="Quantize every checkpoint under C0's scale."),

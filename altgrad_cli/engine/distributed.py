@@ -35,6 +35,7 @@ from altgrad_cli.engine.tensor import (
     TensorAccumulator,
     accumulate_ranges,
     accumulate_tensor,
+    add_block_stats,
     chunk_ranges,
     scale_summaries,
     tensor_scales,
@@ -42,7 +43,7 @@ from altgrad_cli.engine.tensor import (
 from altgrad_cli.errors import AltgradError, InputError, UsageError
 from altgrad_cli.io.checkpoint import Checkpoint, TensorInfo
 from altgrad_cli.io.pairing import Pair
-from altgrad_cli.numerics.formats import Format
+from altgrad_cli.numerics.recipes import Recipe
 from altgrad_cli.numerics.scaling import Scale, Scaling
 
 LOCAL = "local"
@@ -75,16 +76,15 @@ class RemoteInputError(Exception):
 class Job:
     """What every task of one run needs besides its tensor."""
 
-    formats: tuple[Format, ...]
-    scaling: Scaling
+    recipes: tuple[Recipe, ...]
     rescale: bool
     grad_eps: float
     chunk: int
 
     @property
-    def layout(self) -> Scaling:
-        """The scaling that sets the chunks (`tensor.layout_scaling`): no format, one flat row."""
-        return self.scaling if self.formats else Scaling("tensor")
+    def scalings(self) -> list[Scaling]:
+        """The recipes' scalings: together they set the chunks (`tensor.chunk_ranges`)."""
+        return [recipe.scaling for recipe in self.recipes]
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -154,8 +154,7 @@ def whole_tensor_task(pair: Pair, job: Job) -> tuple[TensorAccumulator, dict[str
             before,
             after,
             grad,
-            job.formats,
-            job.scaling,
+            job.recipes,
             rescale=job.rescale,
             grad_eps=job.grad_eps,
             chunk=job.chunk,
@@ -166,19 +165,23 @@ def scales_task(pair: Pair, job: Job) -> Scales:
     """The whole-tensor amax pass of a big tensor, whose every range task needs its result."""
     with _on_worker():
         before, after, _ = _tensors(pair)
-        return tensor_scales(before, after, job.formats, job.scaling, rescale=job.rescale)
+        return tensor_scales(before, after, job.recipes, rescale=job.rescale)
 
 
 def range_task(
     pair: Pair, job: Job, bounds: list[Bounds], scales: Scales, first: bool
 ) -> tuple[TensorAccumulator, dict[str, dict] | None]:
-    """One chunk range of a big tensor; the first range also summarises the scales."""
+    """One chunk range of a big tensor; the first range also carries the scales' summary and
+    block statistics (merged once, as in-process)."""
     with _on_worker():
         before, after, grad = _tensors(pair)
         (acc,) = accumulate_ranges(
-            before, after, grad, job.formats, scales, [bounds], grad_eps=job.grad_eps
+            before, after, grad, job.recipes, scales, [bounds], grad_eps=job.grad_eps
         )
-        return acc, scale_summaries(job.formats, scales) if first else None
+        if not first:
+            return acc, None
+        add_block_stats(acc, job.recipes, scales, rescale=job.rescale)
+        return acc, scale_summaries(job.recipes, scales)
 
 
 def worker_versions() -> tuple[str, str]:
@@ -347,7 +350,7 @@ def _ordered_results(
     progress: Progress | None,
 ) -> Iterator[tuple[TensorAccumulator, dict[str, dict]]]:
     """Submit the tasks in order, a window at a time; merge finished ones from the head."""
-    plans = [chunk_ranges(pair.before.shape, job.layout, job.chunk) for pair in pairs]
+    plans = [chunk_ranges(pair.before.shape, job.scalings, job.chunk) for pair in pairs]
     total = sum(1 if len(ranges) <= 1 else 1 + len(ranges) for ranges in plans)
     run = uuid.uuid4().hex[:12]  # keys of their own, never shared with another run
     window = IN_FLIGHT_PER_THREAD * max(1, sum(client.nthreads().values()))
@@ -405,7 +408,7 @@ def _ordered_results(
                 yield part, part_summary
                 continue
             if acc is None:  # the tensor's first range
-                acc = TensorAccumulator(job.formats, pairs[task.pair].grad is not None)
+                acc = TensorAccumulator(job.recipes, pairs[task.pair].grad is not None)
                 summary = part_summary
             acc.merge(part)
             if task.last:

@@ -289,8 +289,7 @@ def grid_alignment_errors(abs_x: Tensor, code: Tensor, fmt: Format, s: Tensor | 
     if s is None or s.dim() == 0:  # |x| - raw·factor in one pass (the product is exact)
         raw, factor = decode_magnitude64_parts(code.abs(), fmt, 1.0 if s is None else float(s))
         return torch.add(abs_x, raw, alpha=-factor).abs_()
-    grid = decode_magnitude64(code.abs(), fmt).mul_(s.to(torch.float64))
-    return abs_x.sub(grid).abs_()
+    return _grid_error(abs_x, decode_magnitude64(code.abs(), fmt), s)
 
 
 def stiffness_powers(y: Tensor, fmt: Format) -> Tensor:
@@ -424,6 +423,26 @@ def _update_one_scale(
         return
     moments = _one_scale_moments(acc, fmt, exponent_bins, s)
     _add_stiffness_ratios(acc, chunk, inputs, stiff, moments, error, flips, n_big, big_flipped)
+
+
+def _grid_error(abs_before: Tensor, grid: Tensor, s: Tensor) -> Tensor:
+    """| |b| - s·q | per element in float64, zero exactly when |b| = s·q. A float32 s times a
+    grid value (at most 24 bits each) is exact in float64; a float64 s (float64 storage) is not,
+    so there the product's rounding error is carried (Dekker's two-product) and subtracted."""
+    if s.dtype != torch.float64:
+        return abs_before.sub(grid.mul_(s.to(torch.float64))).abs_()
+    product = grid * s
+    g_hi, g_lo = _split(grid)
+    s_hi, s_lo = _split(s)
+    rounding = ((g_hi * s_hi - product) + g_hi * s_lo + g_lo * s_hi) + g_lo * s_lo  # exact
+    return abs_before.sub(product).sub_(rounding).abs_()
+
+
+def _split(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Veltkamp's split of float64 x into a 26-bit high part and the rest (x = hi + lo)."""
+    c = x * 134217729.0  # 2^27 + 1
+    hi = c - (c - x)
+    return hi, x - hi
 
 
 def _add_grid_steps(acc: FormatAccumulator, steps: Tensor, flips: int) -> None:

@@ -1,25 +1,25 @@
 """The per-(tensor, format) records of SPEC §Metrics, from chunks.
 
-`accumulate_tensor` computes the scales of a tensor (one amax pass per side, shared by every
-format), cuts it into chunks that never straddle a scale group, has chunk.py turn each chunk into
-partial statistics (on a pool of threads when given one) and merges them in chunk order: chunks
-into ranges, ranges into the tensor (`chunk_ranges`), so a range may be computed elsewhere.
+`accumulate_tensor` computes each recipe's scales of a tensor (one amax pass per side and
+grouping, shared by the recipes that group alike), cuts it into chunks that never straddle a
+scale group of any recipe, has kernel.py turn each chunk into partial statistics (on a pool of
+threads when given one) and merges them in a fixed order: chunks into ranges, ranges into the
+tensor (`chunk_ranges`), so a range may be computed elsewhere (a Dask task) to the same bits.
 `TensorAccumulator.results` turns the merged partials into the records. Nothing is materialised
 at full-tensor size, so memory is bounded by the chunk size.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor
 
+from altgrad_cli.engine.blocks import BlockStats, block_stats
 from altgrad_cli.engine.kernel import (
-    EXP_HIGH,
-    EXP_LOW,
     FormatAccumulator,
     ScalePair,
     TensorCounts,
@@ -27,13 +27,22 @@ from altgrad_cli.engine.kernel import (
     update_format,
 )
 from altgrad_cli.engine.parallel import ChunkPool, one_torch_thread, ordered_map
-from altgrad_cli.engine.stats import BinnedCounts, UlpHistogram, fold_grid_steps
-from altgrad_cli.numerics.bits import floor_log2, working_dtype
+from altgrad_cli.engine.stats import UlpHistogram, fold_grid_steps
+from altgrad_cli.numerics.bits import working_dtype
 from altgrad_cli.numerics.formats import Format
-from altgrad_cli.numerics.layout import iter_chunks
-from altgrad_cli.numerics.rounding import overflow_mask
-from altgrad_cli.numerics.scaling import Scale, Scaling, group_amax, parse_scaling, scale_from_amax
+from altgrad_cli.numerics.layout import iter_chunks, iter_tile_chunks
+from altgrad_cli.numerics.recipes import Recipe, get_recipe
+from altgrad_cli.numerics.scaling import (
+    Scale,
+    ScaleMode,
+    Scaling,
+    group_amax,
+    matrix_view,
+    nvfp4_tensor_scale,
+    scale_from_amax,
+)
 from altgrad_cli.report.records import (
+    Blocks,
     GradStiffness,
     GridAlignment,
     GridSteps,
@@ -54,27 +63,36 @@ DEFAULT_CHUNK = 1 << 18
 RANGE_CHUNKS = 32
 """Chunks merge into ranges of this many, ranges into the tensor (see `chunk_ranges`); a Dask task
 computes one range (engine/distributed.py): 8M elements at the default chunk size."""
+MANY_SCALES = (ScaleMode.CHANNEL, ScaleMode.BLOCK, ScaleMode.NVFP4)
 
 
 @dataclass
 class TensorAccumulator:
-    """The format-independent counts and ULPs of one tensor, plus one FormatAccumulator per format."""
+    """The format-independent counts and ULPs of one tensor, plus one FormatAccumulator (and,
+    for recipes with many scales, one BlockStats) per recipe, keyed by its canonical name. A
+    bare Format counts as the format under its default scaling."""
 
-    formats: tuple[Format, ...]
+    recipes: tuple[Recipe, ...]
     has_grads: bool
     counts: TensorCounts = field(default_factory=TensorCounts)
     ulp: UlpHistogram = field(default_factory=UlpHistogram)
     per_format: dict[str, FormatAccumulator] = field(default_factory=dict)
+    blocks: dict[str, BlockStats] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for fmt in self.formats:
-            self.per_format.setdefault(fmt.name, FormatAccumulator())
+        self.recipes = tuple(get_recipe(r) for r in self.recipes)
+        for recipe in self.recipes:
+            self.per_format.setdefault(recipe.name, FormatAccumulator())
+            if recipe.scaling.mode in MANY_SCALES:
+                self.blocks.setdefault(recipe.name, BlockStats())
 
     def merge(self, other: TensorAccumulator) -> None:
         self.counts.merge(other.counts)
         self.ulp.merge(other.ulp)
         for name, acc in other.per_format.items():
             self.per_format.setdefault(name, FormatAccumulator()).merge(acc)
+        for name, stats in other.blocks.items():
+            self.blocks.setdefault(name, BlockStats()).merge(stats)
 
     def update(
         self,
@@ -85,20 +103,20 @@ class TensorAccumulator:
         grad_eps: float = DEFAULT_GRAD_EPS,
     ) -> None:
         """Add one chunk. `before`/`after`/`grad` are in their storage dtype; `scales` holds, per
-        format, the scales (broadcastable to the chunk) to divide BEFORE and AFTER by, or None."""
+        recipe, the scales (broadcastable to the chunk) to divide BEFORE and AFTER by, or None."""
         prepared = prepare_chunk(before, after, grad, scales, grad_eps, self.counts, self.ulp)
         if prepared is None:
             return
         chunk, flat_scales = prepared
-        for fmt, (s_before, s_after) in zip(self.formats, flat_scales, strict=True):
-            update_format(self.per_format[fmt.name], fmt, chunk, s_before, s_after)
+        for recipe, (s_before, s_after) in zip(self.recipes, flat_scales, strict=True):
+            update_format(self.per_format[recipe.name], recipe.format, chunk, s_before, s_after)
 
     def results(self) -> dict[str, Metrics]:
-        """One record per format, keyed by format name (SPEC §Metrics)."""
-        return {fmt.name: self._record(fmt) for fmt in self.formats}
+        """One record per recipe, keyed by its canonical name (SPEC §Metrics)."""
+        return {recipe.name: self._record(recipe) for recipe in self.recipes}
 
-    def _record(self, fmt: Format) -> Metrics:
-        c, acc = self.counts, self.per_format[fmt.name]
+    def _record(self, recipe: Recipe) -> Metrics:
+        c, acc = self.counts, self.per_format[recipe.name]
         fc = acc.counts
         numel, n = c.numel, c.n
         n_nonzero = n - fc.stiffness_zero
@@ -158,6 +176,11 @@ class TensorAccumulator:
             stored=acc.stored.result(),
             overflow_frac=fc.overflow / numel if numel else 0.0,
             underflow_frac=fc.underflow / numel if numel else 0.0,
+            blocks=(
+                Blocks(**self.blocks[recipe.name].result(fc.underflow, n_nonzero))
+                if recipe.name in self.blocks
+                else None
+            ),
         )
 
 
@@ -176,39 +199,32 @@ def compute_stall_ratio(flips: int, updates: int) -> float:
 
 
 def scale_summary(scale: Scale, fmt: Format) -> ScaleRecord:
-    """The scale(s) of one tensor for its record: the value, or count/min/max/log2 histogram
-    and the fraction of groups whose largest element was clipped."""
-    values = scale.values.reshape(-1).to(torch.float64)
-    if scale.scaling.mode in ("tensor", "pow2", "none"):
+    """What scaling a record used: its mode, and the value of a single scale (NVFP4: the
+    tensor scale t). Many scales are described by the record's `blocks`."""
+    values = scale.values.reshape(-1)
+    if scale.is_single:
         return SingleScale(str(scale.scaling), float(values[0]) if values.numel() else 1.0)
-    amax = scale.amax.reshape(-1)
-    ratio = (amax.to(torch.float64) / values).to(amax.dtype)
-    clipped = int(overflow_mask(ratio, fmt).sum()) if values.numel() else 0
-    hist = BinnedCounts.empty(EXP_LOW, EXP_HIGH)
-    hist.update(floor_log2(values))
-    return GroupScales(
-        mode=str(scale.scaling),
-        count=values.numel(),
-        min=float(values.min()) if values.numel() else None,
-        max=float(values.max()) if values.numel() else None,
-        log2_histogram=hist.result(),
-        clipped_frac=clipped / values.numel() if values.numel() else 0.0,
-    )
+    t = None
+    if scale.scaling.mode is ScaleMode.NVFP4:
+        t = float(nvfp4_tensor_scale(scale.amax, fmt))
+    return GroupScales(mode=str(scale.scaling), tensor_scale=t)
 
 
 def tensor_metrics(
     before: Tensor,
     after: Tensor,
     grad: Tensor | None,
-    formats: Sequence[Format],
-    scaling: Scaling | str = "tensor",
+    formats: Sequence[Format | Recipe | str],
+    scaling: Scaling | str | None = None,
     *,
     rescale: bool = False,
     grad_eps: float = DEFAULT_GRAD_EPS,
     chunk: int = DEFAULT_CHUNK,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-    """(records, scales) per format name for one tensor, in their JSON form (plain dicts, for
-    use on tensors in a training loop), streamed in chunks of about `chunk` elements."""
+    """(records, scales) per recipe name for one tensor, in their JSON form (plain dicts, for
+    use on tensors in a training loop), streamed in chunks of about `chunk` elements.
+    `formats` are formats or recipes; `scaling` applies to bare formats (default: each
+    format's own, `none` for bf16/fp16, else `tensor`)."""
     acc, scales = accumulate_tensor(
         before, after, grad, formats, scaling, rescale=rescale, grad_eps=grad_eps, chunk=chunk
     )
@@ -220,12 +236,56 @@ Bounds = tuple[int, int, int, int]
 """One chunk: (row0, row1, col0, col1) of the tensor's 2-D view."""
 
 
+def _lcm(values: Sequence[int]) -> int:
+    return math.lcm(*values) if values else 1
+
+
+def _one_scale_each(scalings: Sequence[Scaling]) -> bool:
+    return all(s.mode in (ScaleMode.TENSOR, ScaleMode.POW2, ScaleMode.NONE) for s in scalings)
+
+
+def chunk_view(shape: tuple[int, ...], scalings: Sequence[Scaling]) -> tuple[int, int]:
+    """The 2-D view every recipe's scales address: 1 × numel when every recipe has one scale
+    (the fast path), else P × last dim (`matrix_view`)."""
+    if _one_scale_each(scalings):
+        return 1, math.prod(shape)
+    rows, cols, _ = matrix_view(shape)
+    return rows, cols
+
+
+def chunk_plan(shape: tuple[int, ...], scalings: Sequence[Scaling], chunk: int) -> list[Bounds]:
+    """The chunks of `chunk_view`, in order: whole tiles of every blocked recipe (tile rows and
+    widths combined by their least common multiple)."""
+    if _one_scale_each(scalings):
+        return list(iter_chunks(1, math.prod(shape), chunk))
+    rows, cols, per_matrix = matrix_view(shape)
+    blocked = [s for s in scalings if s.is_blocked]
+    tile = _lcm([s.rows for s in blocked])
+    width = _lcm([s.cols for s in blocked])
+    if tile * width > chunk:  # tiles bigger than a chunk: keep tile rows, cut columns freely
+        width = math.gcd(*[s.cols for s in blocked]) if blocked else 1
+    return list(iter_tile_chunks(rows, cols, per_matrix, tile, width, chunk))
+
+
+def chunk_ranges(
+    shape: tuple[int, ...], scalings: Sequence[Scaling], chunk: int, per_range: int = RANGE_CHUNKS
+) -> list[list[Bounds]]:
+    """The tensor's chunks in order, cut into consecutive ranges of `per_range` chunks (the last
+    may hold fewer).
+
+    This is the fixed reduction tree of a tensor: chunks fold into their range, ranges into the
+    tensor. It depends on the shape, the scalings and the chunk size only, so a range computed
+    anywhere (a thread here, a Dask task elsewhere) merges into the same numbers, to the bit."""
+    chunks = chunk_plan(shape, scalings, chunk)
+    return [chunks[i : i + per_range] for i in range(0, len(chunks), per_range)]
+
+
 def accumulate_tensor(
     before: Tensor,
     after: Tensor,
     grad: Tensor | None,
-    formats: Sequence[Format],
-    scaling: Scaling | str = "tensor",
+    formats: Sequence[Format | Recipe | str],
+    scaling: Scaling | str | None = None,
     *,
     rescale: bool = False,
     grad_eps: float = DEFAULT_GRAD_EPS,
@@ -234,46 +294,62 @@ def accumulate_tensor(
 ) -> tuple[TensorAccumulator, dict[str, ScaleRecord]]:
     """The mergeable accumulator of one tensor (for summaries across tensors) and its scales.
 
-    With a `pool`, chunks run on its threads; their partial results are merged in chunk order,
-    into one accumulator per chunk range, and the ranges in order into the tensor's."""
-    scaling = parse_scaling(scaling)
-    formats = tuple(formats)
-    scale_pairs = tensor_scales(before, after, formats, scaling, rescale=rescale)
+    Each recipe has its own scaling; recipes whose scales group the tensor alike share one amax
+    pass per side. With a `pool`, chunks run on its threads; their partial results are merged in
+    chunk order, into one accumulator per chunk range, and the ranges in order into the tensor's."""
+    recipes = tuple(dict.fromkeys(get_recipe(f, scaling) for f in formats))
+    scale_pairs = tensor_scales(before, after, recipes, rescale=rescale)
     acc = accumulate_scaled(
-        before, after, grad, formats, scale_pairs, grad_eps=grad_eps, chunk=chunk, pool=pool
+        before, after, grad, recipes, scale_pairs, grad_eps=grad_eps, chunk=chunk, pool=pool
     )
-    return acc, scale_summaries(formats, scale_pairs)
+    add_block_stats(acc, recipes, scale_pairs, rescale=rescale)
+    return acc, scale_summaries(recipes, scale_pairs)
 
 
 def tensor_scales(
-    before: Tensor,
-    after: Tensor,
-    formats: Sequence[Format],
-    scaling: Scaling,
-    *,
-    rescale: bool = False,
+    before: Tensor, after: Tensor, recipes: Sequence[Recipe], *, rescale: bool = False
 ) -> list[tuple[Scale, Scale]]:
-    """Per format, the scales BEFORE and AFTER are divided by: one whole-tensor amax pass per
-    side, shared by every format. Every chunk range of the tensor needs these."""
+    """Per recipe, the scales BEFORE and AFTER are divided by: one whole-tensor amax pass per side
+    and grouping, shared by the recipes that group alike. Every chunk range needs these."""
     dtype = working_dtype(before.dtype)
     shape = tuple(before.shape)
-    amax_before = None if scaling.mode == "none" else group_amax(before, scaling)
-    amax_after = group_amax(after, scaling) if rescale and amax_before is not None else amax_before
+    amax: dict[tuple, tuple[Tensor, Tensor]] = {}
+    for recipe in recipes:
+        sc = recipe.scaling
+        if sc.mode is not ScaleMode.NONE and sc.grouping not in amax:
+            side_b = group_amax(before, sc)
+            amax[sc.grouping] = (side_b, group_amax(after, sc) if rescale else side_b)
     scale_pairs: list[tuple[Scale, Scale]] = []
-    for fmt in formats:
-        s_before = scale_from_amax(amax_before, fmt, scaling, shape, dtype)
-        s_after = scale_from_amax(amax_after, fmt, scaling, shape, dtype) if rescale else s_before
+    for recipe in recipes:
+        fmt, sc = recipe.format, recipe.scaling
+        amax_b, amax_a = amax.get(sc.grouping, (None, None))
+        s_before = scale_from_amax(amax_b, fmt, sc, shape, dtype)
+        s_after = scale_from_amax(amax_a, fmt, sc, shape, dtype) if rescale else s_before
         scale_pairs.append((s_before, s_after))
     return scale_pairs
 
 
+def add_block_stats(
+    acc: TensorAccumulator,
+    recipes: Sequence[Recipe],
+    scale_pairs: Sequence[tuple[Scale, Scale]],
+    *,
+    rescale: bool,
+) -> None:
+    """The `blocks` statistics of every recipe with many scales, from its per-group arrays."""
+    for recipe, (s_before, s_after) in zip(recipes, scale_pairs, strict=True):
+        if not s_before.is_single:
+            stats = block_stats(s_before, s_after if rescale else None, recipe.format)
+            acc.blocks[recipe.name].merge(stats)
+
+
 def scale_summaries(
-    formats: Sequence[Format], scale_pairs: Sequence[tuple[Scale, Scale]]
+    recipes: Sequence[Recipe], scale_pairs: Sequence[tuple[Scale, Scale]]
 ) -> dict[str, ScaleRecord]:
-    """The `scale` entry of each format's record (BEFORE's scales)."""
+    """The `scale` entry of each recipe's record (BEFORE's scales)."""
     return {
-        fmt.name: scale_summary(pair[0], fmt)
-        for fmt, pair in zip(formats, scale_pairs, strict=True)
+        recipe.name: scale_summary(pair[0], recipe.format)
+        for recipe, pair in zip(recipes, scale_pairs, strict=True)
     }
 
 
@@ -281,53 +357,34 @@ def accumulate_scaled(
     before: Tensor,
     after: Tensor,
     grad: Tensor | None,
-    formats: Sequence[Format],
+    formats: Sequence[Format | Recipe],
     scale_pairs: Sequence[tuple[Scale, Scale]],
     *,
     grad_eps: float = DEFAULT_GRAD_EPS,
     chunk: int = DEFAULT_CHUNK,
     pool: ChunkPool | None = None,
 ) -> TensorAccumulator:
-    """The accumulator of one tensor under scales already known: per format, the (BEFORE, AFTER)
-    `Scale` pair, all of one scaling (it sets the chunk layout). `accumulate_tensor` computes
-    the scales and comes here; the seed functions, whose callers hand them a scale, come here
-    too, so they run the CLI's chunks, kernel and merge order and get its numbers to the bit."""
-    layout = layout_scaling(scale_pairs)
-    ranges = chunk_ranges(tuple(before.shape), layout, chunk)
-    acc = TensorAccumulator(tuple(formats), grad is not None)
+    """The accumulator of one tensor under scales already known: per format or recipe, the
+    (BEFORE, AFTER) `Scale` pair; the pairs' scalings together set the chunk layout.
+    `accumulate_tensor` computes the scales and comes here; the seed functions, whose callers
+    hand them a scale, come here too, so they run the CLI's chunks, kernel and merge order and
+    get its numbers to the bit. A bare Format is keyed by its name."""
+    recipes = tuple(get_recipe(f) for f in formats)
+    scalings = [pair[0].scaling for pair in scale_pairs]
+    ranges = chunk_ranges(tuple(before.shape), scalings, chunk)
+    acc = TensorAccumulator(recipes, grad is not None)
     for part in accumulate_ranges(
-        before, after, grad, formats, scale_pairs, ranges, grad_eps=grad_eps, pool=pool
+        before, after, grad, recipes, scale_pairs, ranges, grad_eps=grad_eps, pool=pool
     ):
         acc.merge(part)
     return acc
-
-
-def layout_scaling(scale_pairs: Sequence[tuple[Scale, Scale]]) -> Scaling:
-    """The scaling that sets a tensor's 2-D view and chunks: the formats' (all share one), or
-    one flat row when there is no format."""
-    return scale_pairs[0][0].scaling if scale_pairs else Scaling("tensor")
-
-
-def chunk_ranges(
-    shape: tuple[int, ...], scaling: Scaling, chunk: int, per_range: int = RANGE_CHUNKS
-) -> list[list[Bounds]]:
-    """The tensor's chunks in order, cut into consecutive ranges of `per_range` chunks (the last
-    may hold fewer); `scaling` is the layout's (`layout_scaling`).
-
-    This is the fixed reduction tree of a tensor: chunks fold into their range, ranges into the
-    tensor. It depends on the shape, the scaling and the chunk size only, so a range computed
-    anywhere (a thread here, a Dask task elsewhere) merges into the same numbers, to the bit."""
-    rows, cols = Scale(scaling, torch.ones(()), shape).view_shape()
-    align = scaling.block if scaling.mode == "block" else 1
-    chunks = list(iter_chunks(rows, cols, chunk, align))
-    return [chunks[i : i + per_range] for i in range(0, len(chunks), per_range)]
 
 
 def accumulate_ranges(
     before: Tensor,
     after: Tensor,
     grad: Tensor | None,
-    formats: Sequence[Format],
+    recipes: Sequence[Recipe],
     scale_pairs: Sequence[tuple[Scale, Scale]],
     ranges: Sequence[Sequence[Bounds]],
     *,
@@ -338,21 +395,22 @@ def accumulate_ranges(
 
     `before`/`after`/`grad` are the whole tensors (views cost nothing); only the chunks named in
     `ranges` are read. With a `pool`, chunks run on its threads, across range boundaries."""
-    formats = tuple(formats)
+    recipes = tuple(recipes)
     dtype = working_dtype(before.dtype)
-    rows, cols = Scale(
-        layout_scaling(scale_pairs), torch.ones(()), tuple(before.shape)
-    ).view_shape()
+    rows, cols = chunk_view(tuple(before.shape), [pair[0].scaling for pair in scale_pairs])
     b2, a2 = before.reshape(rows, cols), after.reshape(rows, cols)
     g2 = grad.reshape(rows, cols) if grad is not None else None
 
     def one_chunk(bounds: Bounds) -> TensorAccumulator:
         r0, r1, c0, c1 = bounds
-        pairs = [
-            tuple(None if s.is_unit else s.for_chunk(r0, r1, c0, c1).to(dtype) for s in pair)
-            for pair in scale_pairs
-        ]
-        part = TensorAccumulator(formats, grad is not None)
+        pairs = []
+        for s_before, s_after in scale_pairs:
+            first = None if s_before.is_unit else s_before.for_chunk(r0, r1, c0, c1).to(dtype)
+            if s_after is s_before:  # without --rescale: one expansion serves both sides
+                pairs.append((first, first))
+            else:
+                pairs.append((first, s_after.for_chunk(r0, r1, c0, c1).to(dtype)))
+        part = TensorAccumulator(recipes, grad is not None)
         part.update(
             b2[r0:r1, c0:c1],
             a2[r0:r1, c0:c1],
@@ -370,7 +428,7 @@ def accumulate_ranges(
             if i != index:
                 if current is not None:
                     yield current
-                current, index = TensorAccumulator(formats, grad is not None), i
+                current, index = TensorAccumulator(recipes, grad is not None), i
             current.merge(part)
     if current is not None:
         yield current

@@ -30,6 +30,7 @@ from altgrad_cli.numerics.layout import iter_chunks
 from altgrad_cli.numerics.rounding import encode_scaled
 from altgrad_cli.numerics.scaling import (
     Scale,
+    ScaleMode,
     Scaling,
     compute_scale,
     group_amax,
@@ -143,9 +144,9 @@ def _scale_source(
     scaling, fmt = recipe.scaling, recipe.format
     dtype = working_dtype(tensors[0].dtype)
     shape = tuple(tensors[0].shape)
-    if scaling.mode == "none":
+    if scaling.mode is ScaleMode.NONE:
         return (lambda t, x, b: None), [1.0] * len(tensors)
-    if scaling.mode == "block":
+    if scaling.mode is ScaleMode.BLOCK:
         first = tensors[0].reshape(Scale(scaling, torch.ones(()), shape).view_shape())
 
         def block_scale(t: int, x: Tensor, bounds: tuple[int, int, int, int]) -> Tensor:
@@ -163,7 +164,7 @@ def _scale_source(
         return scales[0 if fixed_scale else t].for_chunk(*bounds).to(dtype)
 
     values = None
-    if scaling.mode in ("tensor", "pow2"):
+    if scaling.mode in (ScaleMode.TENSOR, ScaleMode.POW2):
         values = [float(s.values) for s in scales]
         if fixed_scale:
             values = values * len(tensors)
@@ -197,7 +198,7 @@ def accumulate_trajectory(
             scale_of, values = _scale_source(tensors, recipe, fixed_scale)
             sources.append(scale_of)
             scales[recipe.name] = {"mode": str(scaling), "values": values}
-        align = scaling.block if scaling.mode == "block" else 1
+        align = scaling.block if scaling.mode is ScaleMode.BLOCK else 1
 
         def one_chunk(
             bounds: tuple[int, int, int, int], group=group, views=views, sources=sources

@@ -26,3 +26,39 @@ def iter_chunks(
     for r in range(rows):
         for c in range(0, cols, width):
             yield r, r + 1, c, min(cols, c + width)
+
+
+def _band_starts(rows: int, per_matrix: int, tile: int) -> list[int]:
+    """Starts of the tile rows of a rows-row view made of per_matrix-row matrices, plus `rows`."""
+    if tile == 1 or per_matrix % tile == 0:
+        return [*range(0, rows, tile), rows]
+    starts = [m + r for m in range(0, rows, per_matrix) for r in range(0, per_matrix, tile)]
+    return [*starts, rows]
+
+
+def iter_tile_chunks(
+    rows: int, cols: int, per_matrix: int, tile: int, width: int, chunk: int
+) -> Iterator[tuple[int, int, int, int]]:
+    """Chunks (row0, row1, col0, col1) holding whole tile × width tiles (partial ones only at a
+    matrix's edges): runs of whole tile rows while they fit in `chunk` elements, otherwise one
+    tile row cut into column runs whose starts are multiples of `width`."""
+    if rows == 0 or cols == 0:
+        return
+    if tile == 1:
+        yield from iter_chunks(rows, cols, chunk, width)
+        return
+    starts = _band_starts(rows, per_matrix, tile)
+    i = 0
+    while i < len(starts) - 1:
+        r0 = starts[i]
+        j = i + 1
+        while j < len(starts) - 1 and (starts[j + 1] - r0) * cols <= chunk:
+            j += 1
+        r1 = starts[j]
+        if (r1 - r0) * cols <= chunk:
+            yield r0, r1, 0, cols
+        else:  # one tile row too big for a chunk: column runs across its rows
+            step = max(width, chunk // (r1 - r0) // width * width)
+            for c in range(0, cols, step):
+                yield r0, r1, c, min(cols, c + step)
+        i = j

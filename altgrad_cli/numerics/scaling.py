@@ -1,11 +1,14 @@
 """Scaling modes and the scales they give: one value object per `--scaling` text, parsed once.
 
 A scale s maps a tensor onto a format's range (Q(x; s) = s · R(x / s)); it is computed from
-per-group amax values, so several formats share one amax pass over a tensor.
+per-group amax values, so several formats (and recipes with the same grouping) share one amax
+pass over a tensor. Groups are the whole tensor, the indices of dim 0 (channels), or R × C tiles
+over the last two dims (`block:N` is a 1 × N tile), with partial tiles at the edges.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 import re
 from dataclasses import dataclass, field
@@ -14,50 +17,107 @@ import torch
 from torch import Tensor
 
 from altgrad_cli.errors import UsageError
-from altgrad_cli.numerics.bits import carrier_of, exp2_int, floor_log2, working_dtype
+from altgrad_cli.numerics.bits import exp2_int, working_dtype
 from altgrad_cli.numerics.formats import Format, get_format
-from altgrad_cli.numerics.layout import AMAX_CHUNK, iter_chunks
+from altgrad_cli.numerics.layout import AMAX_CHUNK, iter_chunks, iter_tile_chunks
 
-_BLOCK_RULES = ("floor", "rceil", "ceil", "even")
+
+class ScaleMode(enum.Enum):
+    """How many scales a tensor gets and how they are grouped."""
+
+    TENSOR = "tensor"
+    POW2 = "pow2"
+    CHANNEL = "channel"
+    BLOCK = "block"
+    NVFP4 = "nvfp4"
+    NONE = "none"
+
+
+class ScaleRule(enum.Enum):
+    """How a block's scale is chosen from its amax: four power-of-two (E8M0) rules, or float32."""
+
+    FLOOR = "floor"
+    RCEIL = "rceil"
+    CEIL = "ceil"
+    EVEN = "even"
+    FP32 = "fp32"
+
+
+NVFP4_BLOCK = 16
+E8M0_EXP = 127  # E8M0 holds 2^-127 .. 2^127
+E4M3_MIN, E4M3_MAX = 2.0**-6, 448.0  # NVFP4's block-scale clamp
+_RULES = ", ".join(r.value for r in ScaleRule)
 MAX_BLOCK = 1 << 16
-"""Recipes use blocks of 16 to 128 elements; a block of more than 65,536 is a typo."""
-_SCALING = re.compile(r"(tensor|pow2|channel|none)|block:(\d+)(?::([a-z]+))?")
+"""Recipes use blocks of 16 to 128 elements a side; more than 65,536 is a typo."""
+_SCALING = re.compile(r"(tensor|pow2|channel|none|nvfp4)|block:(\d+)(?:x(\d+))?(?::([a-z0-9]+))?")
 
 
 @dataclass(frozen=True)
 class Scaling:
-    """A scaling mode: `tensor`, `pow2`, `channel`, `block` (with size and rule) or `none`."""
+    """A scaling mode; block modes carry their tile (rows × cols, `block:N` is 1 × N) and rule."""
 
-    mode: str
-    block: int = 0
-    rule: str = "floor"
+    mode: ScaleMode
+    cols: int = 0
+    rows: int = 1
+    rule: ScaleRule = ScaleRule.FLOOR
+
+    def __post_init__(self) -> None:  # accept the plain strings too: Scaling("tensor")
+        object.__setattr__(self, "mode", ScaleMode(self.mode))
+        object.__setattr__(self, "rule", ScaleRule(self.rule))
+        if self.mode is ScaleMode.NVFP4:
+            object.__setattr__(self, "cols", NVFP4_BLOCK)
+
+    @property
+    def block(self) -> int:
+        """Elements per block along the last dim (0 unless block-like)."""
+        return self.cols
+
+    @property
+    def is_blocked(self) -> bool:
+        return self.mode in (ScaleMode.BLOCK, ScaleMode.NVFP4)
+
+    @property
+    def grouping(self) -> tuple:
+        """Recipes with equal groupings share one amax pass (nvfp4 reads 1 × 16 block amaxes)."""
+        if self.mode in (ScaleMode.TENSOR, ScaleMode.POW2):
+            return ("tensor",)
+        if self.is_blocked:
+            return ("block", self.rows, self.cols)
+        return (self.mode.value,)
 
     def __str__(self) -> str:
-        return f"block:{self.block}:{self.rule}" if self.mode == "block" else self.mode
+        if self.mode is not ScaleMode.BLOCK:
+            return self.mode.value
+        tile = f"{self.rows}x{self.cols}" if self.rows > 1 else str(self.cols)
+        return f"block:{tile}:{self.rule.value}"
 
 
 def parse_scaling(text: str | Scaling) -> Scaling:
-    """Parse `tensor`, `pow2`, `channel`, `none` or `block:N[:floor|rceil|ceil|even]`."""
+    """Parse `tensor`, `pow2`, `channel`, `none`, `nvfp4` or `block:N|RxC[:RULE]`."""
     if isinstance(text, Scaling):
         return text
     match = _SCALING.fullmatch(text.strip())
     if match is None:
         raise UsageError(
-            f"unknown scaling {text!r}; choose tensor, pow2, channel, none or block:N[:floor|rceil|ceil|even]"
+            f"unknown scaling {text!r}; choose tensor, pow2, channel, none, nvfp4 or "
+            f"block:N[:RULE] / block:RxC[:RULE] with RULE one of {_RULES}"
         )
     if match[1]:
-        return Scaling(match[1])
-    digits, rule = match[2], match[3] or "floor"
-    size = int(digits) if len(digits) <= 12 else MAX_BLOCK + 1  # never int() 5000 digits
-    if size < 1:
-        raise UsageError(f"scaling {text!r}: the block size must be at least 1")
-    if size > MAX_BLOCK:
+        return Scaling(ScaleMode(match[1]))
+    if any(len(d) > 12 for d in (match[2], match[3] or "")):  # never int() 5000 digits
         raise UsageError(f"scaling {text[:40]!r}: the block size must be at most {MAX_BLOCK}")
-    if rule not in _BLOCK_RULES:
-        raise UsageError(
-            f"scaling {text!r}: unknown block rule {rule!r}; choose {', '.join(_BLOCK_RULES)}"
-        )
-    return Scaling("block", size, rule)
+    first, second, rule = int(match[2]), match[3], match[4] or "floor"
+    rows, cols = (first, int(second)) if second is not None else (1, first)
+    if rows < 1 or cols < 1:
+        raise UsageError(f"scaling {text!r}: the block size must be at least 1")
+    if rows > MAX_BLOCK or cols > MAX_BLOCK:
+        raise UsageError(f"scaling {text[:40]!r}: the block size must be at most {MAX_BLOCK}")
+    if rule not in {r.value for r in ScaleRule}:
+        raise UsageError(f"scaling {text!r}: unknown block rule {rule!r}; choose {_RULES}")
+    return Scaling(ScaleMode.BLOCK, cols, rows, ScaleRule(rule))
+
+
+# ----------------------------------------------------------------------------- scale values
 
 
 def _pow2_ceil(q: Tensor) -> Tensor:
@@ -67,49 +127,104 @@ def _pow2_ceil(q: Tensor) -> Tensor:
     return exp2_int(expo, q.dtype)
 
 
-def _round_mantissa(q: Tensor, m: int) -> Tensor:
-    """q with its mantissa rounded half-even to m bits, range unbounded (MX's `even` rule)."""
-    carrier = carrier_of(q.dtype)
-    shift = carrier.mantissa - m
-    if shift == 0:
-        return q
-    bits = q.view(carrier.int_dtype)
-    bits = (bits + ((1 << (shift - 1)) - 1) + ((bits >> shift) & 1)) >> shift << shift
-    return bits.view(carrier.float_dtype)
+def pow2_exponent(amax: Tensor, fmt: Format, rule: ScaleRule) -> Tensor:
+    """The E8M0 exponent of each positive finite amax under `rule`, exactly: from amax's own
+    binade and mantissa, never from a float32 quotient that could underflow, then clamped to
+    E8M0's [-127, 127]."""
+    mant, expo = torch.frexp(amax)  # amax = mant · 2^expo, mant in [0.5, 1), subnormals exact
+    log_floor = expo.to(torch.int64) - 1  # floor(log2 amax)
+    emax = math.floor(math.log2(fmt.max))
+    if rule is ScaleRule.FLOOR:
+        out = log_floor - emax
+    elif rule is ScaleRule.CEIL:
+        out = log_floor + (mant != 0.5).to(torch.int64) - emax
+    elif rule is ScaleRule.RCEIL:  # ceil(log2(amax / max_F)): compare the two mantissas
+        max_mant, max_exp = math.frexp(fmt.max)
+        out = expo.to(torch.int64) - max_exp + (mant > max_mant).to(torch.int64)
+    else:  # EVEN: round amax's mantissa half-even to M bits; a carry moves it up a binade
+        m = fmt.mantissa_bits
+        threshold = 1.0 - 2.0 ** -(m + 2)  # mantissas from here round up to 2^(expo)
+        up = mant > threshold
+        if m > 0:
+            up |= mant == threshold  # a tie goes to 2^expo, whose code is even
+        else:  # no mantissa bits: a tie goes to the even exponent
+            up |= (mant == threshold) & (log_floor % 2 != 0)
+        out = log_floor + up.to(torch.int64) - emax
+    return out.clamp(-E8M0_EXP, E8M0_EXP)
 
 
 def _amax_scale(amax: Tensor, fmt: Format, scaling: Scaling) -> Tensor:
-    """Scales from per-group amax values; zero or non-finite amax gives 1."""
+    """Scales from per-group amax values; zero or non-finite amax gives 1, as does a float
+    scale that rounds to 0 or overflows."""
     good = torch.isfinite(amax) & (amax > 0)
     safe = torch.where(good, amax, torch.ones_like(amax))
     fmax = torch.tensor(fmt.max, dtype=amax.dtype)
-    if scaling.mode in ("tensor", "channel"):
+    mode, rule = scaling.mode, scaling.rule
+    if mode is ScaleMode.NVFP4:
+        return nvfp4_scale(amax, fmt)
+    if mode in (ScaleMode.TENSOR, ScaleMode.CHANNEL) or rule is ScaleRule.FP32:
         scale = safe / fmax
-    elif scaling.mode == "pow2":
+    elif mode is ScaleMode.POW2:
         scale = _pow2_ceil(safe / fmax)
     else:
-        emax = math.floor(math.log2(fmt.max))
-        if scaling.rule == "rceil":
-            expo = floor_log2(_pow2_ceil(safe / fmax))
-        elif scaling.rule == "floor":
-            expo = floor_log2(safe) - emax
-        elif scaling.rule == "ceil":
-            expo = floor_log2(_pow2_ceil(safe)) - emax
-        else:
-            expo = floor_log2(_round_mantissa(safe, fmt.mantissa_bits)) - emax
-        expo = expo.clamp(-127, 127)  # E8M0's range
-        scale = exp2_int(expo, safe.dtype)
+        scale = exp2_int(pow2_exponent(safe, fmt, rule), safe.dtype)
     good &= torch.isfinite(scale) & (scale > 0)
     return torch.where(good, scale, torch.ones_like(scale))
+
+
+def nvfp4_tensor_scale(block_amax: Tensor, fmt: Format) -> Tensor:
+    """NVFP4's float32 tensor scale t = amax / (448 · max_F) from the block amaxes (NaN
+    propagates); 1 when that is zero, non-finite or underflows."""
+    amax32 = block_amax.reshape(-1).to(torch.float32)
+    tensor_amax = amax32.max() if amax32.numel() else torch.tensor(0.0)
+    fmax = torch.tensor(fmt.max, dtype=torch.float32)
+    t = tensor_amax / (torch.tensor(E4M3_MAX, dtype=torch.float32) * fmax)
+    return t if bool(torch.isfinite(t) & (t > 0)) else torch.tensor(1.0, dtype=torch.float32)
+
+
+def nvfp4_scale(block_amax: Tensor, fmt: Format) -> Tensor:
+    """NVFP4's element scales s = t · e4m3fn(clamp(b / t, 2^-6, 448)), all in float32 (SPEC
+    §Recipes, torchao's per_tensor_scale path): t = amax / (448 · max_F), b = amax_block / max_F.
+    The tensor amax is the largest block amax (NaN propagates). A zero, non-finite or
+    underflowing t is 1; a block with a non-finite amax gets s = 1."""
+    amax32 = block_amax.to(torch.float32)
+    fmax = torch.tensor(fmt.max, dtype=torch.float32)
+    t = nvfp4_tensor_scale(block_amax, fmt)
+    ratio = (amax32 / fmax) / t
+    e = ratio.clamp(E4M3_MIN, E4M3_MAX).to(torch.float8_e4m3fn).to(torch.float32)
+    scale = t * e
+    good = torch.isfinite(amax32) & torch.isfinite(scale) & (scale > 0)
+    return torch.where(good, scale, torch.ones_like(scale))
+
+
+# ----------------------------------------------------------------------------- layout
+
+
+def matrix_view(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(P, cols, rows_per_matrix): the tensor as P × cols (cols = its last dim) made of stacked
+    matrices over the last two dims (a 1-D tensor is one row, a 0-d one is 1 × 1)."""
+    numel = math.prod(shape)
+    cols = shape[-1] if shape else 1
+    per_matrix = shape[-2] if len(shape) >= 2 else 1
+    return (numel // cols if cols else 0), cols, per_matrix
+
+
+def tile_rows_of(r0: int, r1: int, per_matrix: int, tile: int) -> Tensor:
+    """The tile-row index of every view row in [r0, r1): tiles never cross a matrix."""
+    rows = torch.arange(r0, r1)
+    if tile == 1:
+        return rows
+    bands = -(-per_matrix // tile)
+    return rows // per_matrix * bands + rows % per_matrix // tile
 
 
 @dataclass(frozen=True)
 class Scale:
     """Scales for one tensor, in their natural shape, ready to be applied to it or to another tensor.
 
-    `values` is 0-d for tensor/pow2/none, (dim0,) for channel and (rows, blocks) for block, where
-    rows are the tensor's elements grouped by its last dim. Computed from one tensor (BEFORE) and
-    applicable to another of the same shape (AFTER), so flips measure weight motion, not scale jitter.
+    `values` is 0-d for tensor/pow2/none, (dim0,) for channel and (tile rows, tile cols) for block
+    and nvfp4 scaling. Computed from one tensor (BEFORE) and applicable to another of the same
+    shape (AFTER), so flips measure weight motion, not scale jitter.
     """
 
     scaling: Scaling
@@ -119,80 +234,130 @@ class Scale:
 
     @property
     def is_unit(self) -> bool:
-        return self.scaling.mode == "none"
+        return self.scaling.mode is ScaleMode.NONE
+
+    @property
+    def is_single(self) -> bool:
+        return self.scaling.mode in (ScaleMode.TENSOR, ScaleMode.POW2, ScaleMode.NONE)
 
     def view_shape(self) -> tuple[int, int]:
-        """The 2-D view of the tensor in which every scale covers whole rows or aligned column runs."""
-        numel = math.prod(self.shape)
-        if self.scaling.mode == "channel":
-            rows = self.shape[0] if self.shape else 1
-            return rows, (numel // rows if rows else 0)
-        if self.scaling.mode == "block":
-            cols = self.shape[-1] if self.shape else 1
-            return (numel // cols if cols else 0), cols
-        return 1, numel
+        """The 2-D view in which `for_chunk` addresses the tensor: P × last dim for grouped
+        scales, 1 × numel for one scale."""
+        if self.is_single:
+            return 1, math.prod(self.shape)
+        rows, cols, _ = matrix_view(self.shape)
+        return rows, cols
 
     def for_chunk(self, row0: int, row1: int, col0: int, col1: int) -> Tensor:
         """Scales broadcastable to the chunk [row0:row1, col0:col1] of `view_shape()`."""
-        if self.scaling.mode == "channel":
-            return self.values[row0:row1, None]
-        if self.scaling.mode == "block":
-            n = min(self.scaling.block, max(self.view_shape()[1], 1))  # a block ends with its row
-            blocks = self.values[row0:row1, col0 // n : (col1 + n - 1) // n]
+        mode = self.scaling.mode
+        if self.is_single:
+            return self.values
+        rows, _, per_matrix = matrix_view(self.shape)
+        if mode is ScaleMode.CHANNEL:
+            if len(self.shape) <= 1:  # one channel per element
+                return self.values[None, col0:col1]
+            per_channel = rows // self.shape[0]
+            return self.values[torch.arange(row0, row1) // per_channel][:, None]
+        n, tile = self.scaling.cols, self.scaling.rows
+        first = col0 // n
+        blocks = self.values[:, first : (col1 + n - 1) // n]
+        if tile == 1:
+            blocks = blocks[row0:row1]
+        else:
+            blocks = blocks[tile_rows_of(row0, row1, per_matrix, tile)]
+        if n <= col1 - col0:
             expanded = blocks.repeat_interleave(n, dim=1)
-            return expanded[:, : col1 - col0]
-        return self.values
+            start = col0 - first * n
+            return expanded[:, start : start + col1 - col0]
+        # blocks wider than the chunk: gather per column, never materialising a whole block
+        return blocks[:, torch.arange(col0, col1) // n - first]
 
     def broadcast(self) -> Tensor:
         """Scales broadcastable to the whole tensor."""
         if not self.shape:
             return self.values.reshape(())
-        if self.scaling.mode == "channel":
+        if self.scaling.mode is ScaleMode.CHANNEL:
             return self.values.reshape(-1, *([1] * (len(self.shape) - 1)))
-        if self.scaling.mode == "block":
-            rows, cols = self.view_shape()
-            return self.for_chunk(0, rows, 0, cols).reshape(self.shape)
-        return self.values
+        if self.is_single:
+            return self.values
+        rows, cols = self.view_shape()
+        return self.for_chunk(0, rows, 0, cols).reshape(self.shape)
 
     def to(self, dtype: torch.dtype) -> Scale:
         return Scale(self.scaling, self.values.to(dtype), self.shape, self.amax)
 
 
+def _group_shape(shape: tuple[int, ...], scaling: Scaling) -> tuple[int, ...]:
+    if scaling.mode is ScaleMode.CHANNEL:
+        return (shape[0] if shape else 1,)
+    if not scaling.is_blocked:
+        return ()
+    rows, cols, per_matrix = matrix_view(shape)
+    tile, n = scaling.rows, scaling.cols
+    matrices = rows // per_matrix if per_matrix else 0
+    tile_rows = rows if tile == 1 else matrices * -(-per_matrix // tile)
+    return tile_rows, -(-cols // n)
+
+
 def group_amax(x: Tensor, scaling: Scaling, chunk: int = AMAX_CHUNK) -> Tensor:
-    """amax(|x|) per scale group (0-d, (dim0,) or (rows, blocks)), read in chunks: no |x| copy of the
-    whole tensor is ever made. NaN propagates, so a group holding NaN gets a non-finite amax."""
+    """amax(|x|) per scale group (0-d, (dim0,) or (tile rows, tile cols)), read in chunks of
+    whole tiles: no |x| copy of the whole tensor is ever made. NaN propagates, so a group
+    holding NaN gets a non-finite amax."""
+    scaling = parse_scaling(scaling)
     dtype = working_dtype(x.dtype)
-    rows, cols = Scale(scaling, torch.ones(()), tuple(x.shape)).view_shape()
-    view = x.detach().reshape(rows, cols)
-    # a block never spans rows: one longer than a row is the row (and needs no padding to n)
-    n = min(scaling.block, max(cols, 1)) if scaling.mode == "block" else 1
-    if scaling.mode == "channel":
-        amax = torch.zeros(rows, dtype=dtype)
-    elif scaling.mode == "block":
-        amax = torch.zeros(rows, (cols + n - 1) // n, dtype=dtype)
-    else:
-        amax = torch.zeros((), dtype=dtype)
-    for r0, r1, c0, c1 in iter_chunks(rows, cols, chunk, n):
-        if scaling.mode not in ("channel", "block"):  # no |x| copy: max(-min, max)
-            low, high = torch.aminmax(view[r0:r1, c0:c1].to(dtype))
+    shape = tuple(x.shape)
+    amax = torch.zeros(_group_shape(shape, scaling), dtype=dtype)
+    if not scaling.is_blocked and scaling.mode is not ScaleMode.CHANNEL:
+        flat = x.detach().reshape(1, -1)
+        for _, _, c0, c1 in iter_chunks(1, flat.shape[1], chunk):
+            low, high = torch.aminmax(flat[:, c0:c1].to(dtype))  # no |x| copy: max(-min, max)
             amax = torch.maximum(amax, torch.maximum(-low, high))
-            continue
+        return amax
+    rows, cols, per_matrix = matrix_view(shape)
+    view = x.detach().reshape(rows, cols)
+    if rows == 0 or cols == 0:
+        return amax
+    if scaling.mode is ScaleMode.CHANNEL:
+        if len(shape) <= 1:
+            return view[0].to(dtype).abs()
+        per_channel = rows // shape[0]
+        for r0, r1, c0, c1 in iter_chunks(rows, cols, chunk):
+            part = view[r0:r1, c0:c1].to(dtype).abs().amax(dim=1)
+            index = torch.arange(r0, r1) // per_channel
+            amax.scatter_reduce_(0, index, part, "amax")
+        return amax
+    n, tile = scaling.cols, scaling.rows
+    for r0, r1, c0, c1 in iter_tile_chunks(rows, cols, per_matrix, tile, n, chunk):
         part = view[r0:r1, c0:c1].to(dtype).abs()
-        if scaling.mode == "channel":
-            amax[r0:r1] = torch.maximum(amax[r0:r1], part.amax(dim=1))
-        elif scaling.mode == "block":
-            width = c1 - c0
-            nb = (width + n - 1) // n
-            padded = torch.nn.functional.pad(part, (0, nb * n - width))
-            amax[r0:r1, c0 // n : c0 // n + nb] = padded.reshape(r1 - r0, nb, n).amax(dim=2)
+        width, nb = c1 - c0, -(-(c1 - c0) // n)
+        full = width // n * n  # whole blocks, then the row's partial last block: no padding,
+        pieces = []  # so a block longer than its row costs the row, not the block size
+        if full:
+            pieces.append(part[:, :full].reshape(r1 - r0, full // n, n).amax(dim=2))
+        if width > full:
+            pieces.append(part[:, full:].amax(dim=1, keepdim=True))
+        per_row = torch.cat(pieces, dim=1) if len(pieces) > 1 else pieces[0]
+        target = amax[:, c0 // n : c0 // n + nb]
+        if tile == 1:
+            target[r0:r1] = torch.maximum(target[r0:r1], per_row)
+        else:
+            index = tile_rows_of(r0, r1, per_matrix, tile)[:, None].expand(-1, nb)
+            target.scatter_reduce_(0, index, per_row, "amax")
     return amax
 
 
-def compute_scale(x: Tensor, format: Format | str, scaling: Scaling | str = "tensor") -> Scale:
-    """The scales of `scaling` for `x` (float32 arithmetic, float64 for float64 `x`)."""
-    scaling = parse_scaling(scaling)
-    amax = None if scaling.mode == "none" else group_amax(x, scaling)
-    return scale_from_amax(amax, format, scaling, tuple(x.shape), working_dtype(x.dtype))
+def compute_scale(x: Tensor, format: Format | str, scaling: Scaling | str | None = None) -> Scale:
+    """The scales of `scaling` for `x` (float32 arithmetic, float64 for float64 `x`).
+
+    `format` may be a recipe (a `Recipe`, `mxfp8`, `e4m3fn@block:32`): its scaling is used
+    unless `scaling` is given. A plain format defaults to `tensor`."""
+    from altgrad_cli.numerics.recipes import as_recipe
+
+    recipe = as_recipe(format, scaling if scaling is not None else "tensor")
+    fmt, scaling = recipe.format, recipe.scaling
+    amax = None if scaling.mode is ScaleMode.NONE else group_amax(x, scaling)
+    return scale_from_amax(amax, fmt, scaling, tuple(x.shape), working_dtype(x.dtype))
 
 
 def scale_from_amax(
@@ -202,8 +367,27 @@ def scale_from_amax(
     shape: tuple[int, ...],
     dtype: torch.dtype = torch.float32,
 ) -> Scale:
-    """The Scale for one format from `group_amax` of a tensor, so several formats share one pass."""
+    """The Scale for one format from `group_amax` of a tensor, so several formats share one pass.
+
+    NVFP4 scales are float32 values (exact in float64 too)."""
     scaling = parse_scaling(scaling)
     if amax is None:  # scaling "none"
         return Scale(scaling, torch.ones((), dtype=dtype), shape)
-    return Scale(scaling, _amax_scale(amax, get_format(format), scaling), shape, amax)
+    values = _amax_scale(amax, get_format(format), scaling).to(dtype)
+    return Scale(scaling, values, shape, amax)
+
+
+__all__ = [
+    "Scale",
+    "ScaleMode",
+    "ScaleRule",
+    "Scaling",
+    "compute_scale",
+    "group_amax",
+    "matrix_view",
+    "nvfp4_scale",
+    "nvfp4_tensor_scale",
+    "parse_scaling",
+    "pow2_exponent",
+    "scale_from_amax",
+]

@@ -170,6 +170,10 @@ def evaluate(
                 f"shares no tensor and format with the report for rule {rule.text!r}",
             )
         for target, fmt, record in targets:
+            if rule.key.split(".")[0] == "blocks" and record.get("blocks", {}) is None:
+                message = "one scale: no blocks record"  # tensor or unscaled recipe
+                results.append(CheckResult(rule.text, target, fmt, None, None, "skip", message))
+                continue
             value = _numeric(record, rule)
             if rule.uses_baseline:
                 old = base.get((target, fmt))

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from altgrad_cli.report.serialize import from_json, lookup, to_json
 
-SCHEMA = "altgrad.report/1"
+SCHEMA = "altgrad.report/2"
 
 FLAT = {"flatten": True}
 OMIT_NONE = {"omit_none": True}
@@ -126,6 +126,22 @@ class Stored:
 
 
 @dataclass(frozen=True)
+class Blocks:
+    """The element scales s of BEFORE, for recipes with more than one scale (channel, block,
+    nvfp4): their spread, the groups whose largest element clips, the dead zone, and (with
+    --rescale) the groups whose scale changed between BEFORE and AFTER."""
+
+    count: int = field(metadata=COUNT)
+    min: float | None
+    max: float | None
+    log2_histogram: dict[str, int]  # counts per floor(log2 s)
+    log2_std: float = field(metadata={"schema": {"minimum": 0}})  # n−1 std of log2 s
+    clipped_frac: float = field(metadata=FRACTION)  # groups; a non-finite amax never counts
+    deadzone_frac: float = field(metadata=FRACTION)  # non-zero elements rounding to 0
+    scale_changed_frac: float = field(metadata=FRACTION)  # 0 without --rescale
+
+
+@dataclass(frozen=True)
 class Metrics:
     """SPEC §Metrics for one (tensor, format), or summed over tensors for the summary."""
 
@@ -148,6 +164,7 @@ class Metrics:
     stored: Stored
     overflow_frac: float = field(metadata=FRACTION)
     underflow_frac: float = field(metadata=FRACTION)
+    blocks: Blocks | None  # None for one scale per tensor (tensor, pow2, none)
 
 
 # ----------------------------------------------------------------------------- scales
@@ -163,14 +180,11 @@ class SingleScale:
 
 @dataclass(frozen=True)
 class GroupScales:
-    """Many scales (channel, block): their spread, and the groups whose largest element clipped."""
+    """Many scales (channel, block, nvfp4): the mode; their statistics are the record's
+    `blocks`. NVFP4 also names its float32 tensor scale t."""
 
     mode: str
-    count: int = field(metadata=COUNT)
-    min: float | None
-    max: float | None
-    log2_histogram: dict[str, int]
-    clipped_frac: float = field(metadata=FRACTION)
+    tensor_scale: float | None = field(default=None, metadata=OMIT_NONE)
 
 
 ScaleRecord = SingleScale | GroupScales
@@ -236,7 +250,7 @@ class ReportOptions:
     """The options that shaped the numbers, echoed so a saved report says how it was made."""
 
     formats: tuple[str, ...]
-    scaling: str
+    scaling: str | None  # --scaling for bare formats; None: each format's default
     rescale: bool
     grad_eps: float
     strip_prefix: tuple[str, ...]

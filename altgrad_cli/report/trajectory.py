@@ -193,7 +193,7 @@ class TrajectoryOptions:
     """The options that shaped the numbers, echoed so a saved report says how it was made."""
 
     formats: tuple[str, ...]
-    scaling: str
+    scaling: str | None  # --scaling for bare formats; None: each format's default
     fixed_scale: bool
     strip_prefix: tuple[str, ...]
     include: str | None

@@ -79,6 +79,10 @@ CSV_KEYS = [
     "stored.lost_mass_frac",
     "stored.sr_expected_moved",
     "stored.sr_moved_std",
+    "blocks.count",
+    "blocks.clipped_frac",
+    "blocks.deadzone_frac",
+    "blocks.scale_changed_frac",
 ]
 
 

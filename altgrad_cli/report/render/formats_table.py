@@ -51,3 +51,17 @@ def render_formats(formats: list[Format], console: Console) -> None:
         )
     console.print(table)
     console.print("Any other format: e<E>m<M>[:ieee|fn|fnuz|finite][:bias=B] (E <= 8, M <= 23).")
+
+
+def render_recipes(rows: list[dict[str, str]], console: Console) -> None:
+    """The named recipes: what `-f NAME` runs, and under which canonical name it is recorded."""
+    table = Table(title="recipes (-f NAME, or -f FORMAT@SCALING)", title_justify="left")
+    for column in ("name", "recorded as", "what it is"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["name"], row["recipe"], row["description"])
+    console.print(table)
+    console.print(
+        "SCALING: tensor | pow2 | channel | nvfp4 | none | block:N[:RULE] | block:RxC[:RULE], "
+        "RULE floor | rceil | ceil | even | fp32."
+    )

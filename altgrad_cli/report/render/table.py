@@ -1,5 +1,6 @@
 """Rich tables for people: stall/flip, storage ULPs, grid alignment, gradient/update stiffness,
-stiffness histograms as bar charts, and a layer × format comparison when several formats ran.
+stiffness and block-scale histograms as bar charts, and (several recipes) a stall-ratio comparison
+and a what-if table with the best recipe per row marked.
 
 Every table fits the console's width: tensor names are shortened from the left ("…" keeps the
 distinctive tail, the full name stays in JSON/CSV), then columns drop from the right of their
@@ -27,6 +28,7 @@ from altgrad_cli.report.render.columns import (
 )
 from altgrad_cli.report.render.safe_text import printable
 from altgrad_cli.report.render.stored import STORED_COLUMNS, sr_cell, verdict
+from altgrad_cli.report.render.whatif import BEST, block_scale_bars, what_if_cells
 
 BAR_WIDTH = 30
 NAME_FLOOR = 20  # tensor names shrink to this before any column is dropped
@@ -234,7 +236,7 @@ def _comparison(report: Report, width: int) -> Table:
         columns.append(column)
     cells = [list(row) for row in zip(*columns, strict=True)]
     return _fit(
-        "Stall ratio by format",
+        "Stall ratio by recipe",
         [[n] for n in names] + [["all"]],
         ["tensor"],
         formats,
@@ -287,8 +289,12 @@ def render_table(report: Report, console: Console) -> None:
     parts.append(_prediction_table(report))
     parts.extend(_kept_tables(report, width))
     parts.extend(_stiffness_bars(report))
+    parts.extend(block_scale_bars(report))
     if len(report.summary) > 1:
         parts.append(_comparison(report, width))
+        labels, recipes, cells = what_if_cells(report)
+        title = f"What if: recipes side by side, all tensors ({BEST} best per row)"
+        parts.append(_fit(title, labels, ["metric"], recipes, cells, width))
     if report.skipped:
         parts.append(_skipped(report, width))
     console.print(Group(*parts))
