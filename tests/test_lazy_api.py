@@ -101,6 +101,8 @@ def test_the_engine_names_do_load_torch():
         (["analyze", "--help"], 0),
         (["check", "REPORT", "--fail-if", "stall_ratio > 0.9"], 1),
         (["check", "REPORT", "--fail-if", "stall_ratio > 1", "-o", "json"], 0),
+        (["render", "REPORT", "-o", "json"], 0),
+        (["render", "REPORT", "-o", "markdown"], 0),
     ],
     ids=lambda value: " ".join(value) if isinstance(value, list) else str(value),
 )
