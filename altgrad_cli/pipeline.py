@@ -143,6 +143,36 @@ def tensors_without_gradient(report: Report) -> tuple[int, int]:
     return sum(s != "grads" for s in sources.values()), len(sources)
 
 
+@dataclass(frozen=True)
+class AnalysisOptions:
+    """What to analyse and how: every choice that decides the numbers, gathered once.
+
+    The CLI builds one from its arguments and `analyze()` from its keywords; everything below
+    reads this one object, so an option is spelt out in one place on its way down.
+    Validation stays where the values are used (`run_analysis`), so errors read as before.
+    """
+
+    before: Source
+    after: Source
+    grads: Source | None = None
+    formats: tuple[str | Format | Recipe, ...] = ("e4m3fn",)
+    scaling: str | None = None  # for bare formats; None: each format's default
+    rescale: bool = False
+    grad_eps: float = DEFAULT_GRAD_EPS
+    strip_prefix: tuple[str, ...] = ()
+    include: str | None = None
+    exclude: str | None = None
+    chunk_size: int = DEFAULT_CHUNK
+    threads: int | None = None
+    dask: str | None = None
+    dask_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        # Callers (Typer among them) may hand over lists: keep tuples, so the options stay frozen.
+        object.__setattr__(self, "formats", tuple(self.formats))
+        object.__setattr__(self, "strip_prefix", tuple(self.strip_prefix))
+
+
 def analyze(
     before: Source,
     after: Source,
@@ -170,50 +200,85 @@ def analyze(
     not depend on it. BEFORE, AFTER and grads may be state dicts from a training loop. With
     `dask` (a scheduler address, or "local" for a LocalCluster of `threads` worker processes)
     tensors and chunk ranges run as Dask tasks: the same report, to the bit."""
-    if isinstance(formats, (str, Format, Recipe)):
-        formats = (formats,)
-    scaling_text = None if scaling is None else str(parse_scaling(scaling))
-    fmts = tuple(parse_recipes(list(formats), scaling_text))
-    check_run_options(chunk_size=chunk_size, threads=threads, grad_eps=grad_eps)
-    if dask not in (None, "local") and threads is not None:
+    options = AnalysisOptions(
+        before,
+        after,
+        grads=grads,
+        formats=(formats,) if isinstance(formats, (str, Format, Recipe)) else tuple(formats),
+        scaling=scaling,
+        rescale=rescale,
+        grad_eps=grad_eps,
+        strip_prefix=tuple(strip_prefix),
+        include=include,
+        exclude=exclude,
+        chunk_size=chunk_size,
+        threads=threads,
+        dask=dask,
+        dask_timeout=dask_timeout,
+    )
+    return run_analysis(options, worst=worst, progress=progress)
+
+
+def run_analysis(
+    options: AnalysisOptions, *, worst: int = 5, progress: Progress | None = None
+) -> Report:
+    """`analyze()` on an options object (the CLI's way in): the `worst` tensors per format go
+    into the summary; `progress` is called as each tensor starts."""
+    scaling_text = None if options.scaling is None else str(parse_scaling(options.scaling))
+    fmts = tuple(parse_recipes(list(options.formats), scaling_text))
+    check_run_options(
+        chunk_size=options.chunk_size, threads=options.threads, grad_eps=options.grad_eps
+    )
+    dask = options.dask
+    if dask not in (None, "local") and options.threads is not None:
         raise UsageError(
             "--threads sets the worker count of --dask local; a cluster's workers have their own "
             "(dask worker --nworkers)"
         )
-    threads = available_cores() if threads is None else threads
-    if dask is not None and any(isinstance(x, Mapping) for x in (before, after, grads)):
+    threads = available_cores() if options.threads is None else options.threads
+    sources = (options.before, options.after, options.grads)
+    if dask is not None and any(isinstance(x, Mapping) for x in sources):
         raise UsageError("--dask workers open checkpoints by path; pass paths, not state dicts")
     ckpts = (
-        open_checkpoint(before, "before"),
-        open_checkpoint(after, "after"),
-        open_checkpoint(grads, "grads") if grads is not None else None,
+        open_checkpoint(options.before, "before"),
+        open_checkpoint(options.after, "after"),
+        open_checkpoint(options.grads, "grads") if options.grads is not None else None,
     )
     pairs, skipped = pair_tensors(
-        *ckpts, strip_prefixes=tuple(strip_prefix), include=include, exclude=exclude
+        *ckpts,
+        strip_prefixes=options.strip_prefix,
+        include=options.include,
+        exclude=options.exclude,
     )
     layers: list[LayerRecord] = []
-    total = TensorAccumulator(fmts, has_grads=grads is not None)
-    options = dict(rescale=rescale, grad_eps=grad_eps, chunk=chunk_size, progress=progress)
+    total = TensorAccumulator(fmts, has_grads=options.grads is not None)
+    per_tensor = dict(
+        rescale=options.rescale,
+        grad_eps=options.grad_eps,
+        chunk=options.chunk_size,
+        progress=progress,
+    )
     with (
         one_torch_thread(),  # before the pool starts, so its threads begin with one torch thread
         ChunkPool(threads) if threads > 1 and dask is None else nullcontext() as pool,
     ):
         if dask is None:
-            results = iter_tensor_results(pairs, ckpts, fmts, scaling_text, pool=pool, **options)
+            results = iter_tensor_results(pairs, ckpts, fmts, scaling_text, pool=pool, **per_tensor)
         else:
             results = iter_dask_results(
                 pairs,
                 fmts,
                 address=dask,
                 workers=threads,
-                timeout=dask_timeout,
-                **options,
+                timeout=options.dask_timeout,
+                **per_tensor,
             )
         for result in results:
             layers.extend(result.records())
             total.merge(result.accumulator)
     summary = []
-    source = update_source(grads is not None, sum(p.grad is not None for p in pairs), len(pairs))
+    with_grads = sum(p.grad is not None for p in pairs)
+    source = update_source(options.grads is not None, with_grads, len(pairs))
     for name, metrics in total.results().items():
         metrics = replace(metrics, update_source=source)
         own = [r for r in layers if r.format == name]
@@ -236,12 +301,12 @@ def analyze(
         options=ReportOptions(
             formats=tuple(f.name for f in fmts),
             scaling=scaling_text,
-            rescale=rescale,
-            grad_eps=grad_eps,
-            strip_prefix=tuple(strip_prefix),
-            include=include,
-            exclude=exclude,
-            chunk_size=chunk_size,
+            rescale=options.rescale,
+            grad_eps=options.grad_eps,
+            strip_prefix=options.strip_prefix,
+            include=options.include,
+            exclude=options.exclude,
+            chunk_size=options.chunk_size,
         ),
         formats=tuple(
             from_json(FormatInfo, d)

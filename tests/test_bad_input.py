@@ -140,12 +140,12 @@ def test_permission_denied(tmp_path, good, monkeypatch):
 
 
 def test_debug_shows_the_traceback(tmp_path, good):
+    # The traceback is printed and the exit code stays 3 (it was 1: the error escaped the app).
     result = CliRunner().invoke(app, ["analyze", str(tmp_path / "nope"), str(good), "--debug"])
-    assert (
-        result.exit_code != 0
-        and result.exception is not None
-        and isinstance(result.exception, AltgradError)
-    )
+    assert result.exit_code == 3
+    assert isinstance(result.exception.__context__, AltgradError)
+    assert "Traceback" in result.stderr and "InputError" in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("error: ")
 
 
 # ----------------------------------------------------------------------------- reported, not errors

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
@@ -11,20 +10,12 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from altgrad_cli.cli.app import (
-    FailIfOption,
-    JunitOption,
-    LayerOption,
-    Output,
-    _fail,
-    _finish_checks,
-    _outputs,
-    _progress,
-    _warn,
-    app,
-)
-from altgrad_cli.errors import AltgradError, UsageError
-from altgrad_cli.io.output import guard_outputs, write_atomic
+from altgrad_cli.cli.analyze import progress_bar
+from altgrad_cli.cli.boundary import DebugOption
+from altgrad_cli.cli.check import FailIfOption, JunitOption, LayerOption, finish_checks
+from altgrad_cli.cli.output import Output, emit, outputs, warn
+from altgrad_cli.errors import UsageError
+from altgrad_cli.io.output import guard_outputs
 from altgrad_cli.report.checks import checks_section, evaluate, parse_rule
 from altgrad_cli.report.records import skipped_summary
 
@@ -71,7 +62,6 @@ def sort_layers(report, key: str | None, top: int | None):
     return replace(report, layers=tuple(layers))
 
 
-@app.command("trajectory")
 def trajectory_command(
     checkpoints: Annotated[
         list[Path],
@@ -81,7 +71,10 @@ def trajectory_command(
         ),
     ],
     format: Annotated[
-        list[str], typer.Option("--format", "-f", help="Format(s) to follow (repeatable).")
+        list[str],
+        typer.Option(
+            "--format", "-f", help="Format or recipe to follow (FORMAT[@SCALING], mxfp4, ...)."
+        ),
     ] = ["e4m3fn"],
     scaling: Annotated[
         str | None,
@@ -134,46 +127,38 @@ def trajectory_command(
     fail_if: FailIfOption = [],
     layer: LayerOption = None,
     junit: JunitOption = None,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    debug: DebugOption = False,
 ) -> None:
     """Follow codes over 3+ checkpoints: frozen weights, oscillation (flip-backs), path efficiency."""
     from altgrad_cli.trajectories import trajectory
 
-    try:
-        if len(checkpoints) < 3:
-            raise UsageError(f"give at least 3 checkpoints (C0 C1 C2 …), got {len(checkpoints)}")
-        rules = [parse_rule(text) for text in fail_if]
-        if any(rule.uses_baseline for rule in rules):
-            raise UsageError("baseline rules are for `altgrad check --baseline` on a saved report")
-        guard_outputs(_outputs(out, junit, fail_if), list(checkpoints))
-        with _progress(quiet) as progress:
-            report = trajectory(
-                checkpoints,
-                formats=format,
-                scaling=scaling,
-                fixed_scale=fixed_scale,
-                strip_prefix=strip_prefix,
-                include=include,
-                exclude=exclude,
-                per_step=per_step,
-                chunk_size=chunk_size,
-                progress=progress,
-                threads=threads,
-            )
-        if report.skipped:
-            _warn(skipped_summary(report.skipped, len({r.name for r in report.layers})))
-        results = []
-        if rules:
-            results = evaluate(report.to_dict(), rules, layer=layer)
-            report = replace(report, checks=checks_section(rules, results))
-        report = sort_layers(report, sort, top)
-        text = render_trajectory(report, output)
-        if out is not None:
-            write_atomic(out, text)
-        else:
-            sys.stdout.write(text)
-        _finish_checks(results, junit)
-    except AltgradError as error:
-        if debug:
-            raise
-        _fail(error)
+    if len(checkpoints) < 3:
+        raise UsageError(f"give at least 3 checkpoints (C0 C1 C2 …), got {len(checkpoints)}")
+    rules = [parse_rule(text) for text in fail_if]
+    if any(rule.uses_baseline for rule in rules):
+        raise UsageError("baseline rules are for `altgrad check --baseline` on a saved report")
+    guard_outputs(outputs(out, junit, fail_if), list(checkpoints))
+    with progress_bar(quiet) as progress:
+        report = trajectory(
+            checkpoints,
+            formats=format,
+            scaling=scaling,
+            fixed_scale=fixed_scale,
+            strip_prefix=strip_prefix,
+            include=include,
+            exclude=exclude,
+            per_step=per_step,
+            chunk_size=chunk_size,
+            progress=progress,
+            threads=threads,
+        )
+    if report.skipped:
+        warn(skipped_summary(report.skipped, len({r.name for r in report.layers})))
+    results = []
+    if rules:
+        results = evaluate(report.to_dict(), rules, layer=layer)
+        report = replace(report, checks=checks_section(rules, results))
+    report = sort_layers(report, sort, top)
+    text = render_trajectory(report, output)
+    emit(text, out)
+    finish_checks(results, junit)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from altgrad_cli.errors import FormatError, UsageError
 from altgrad_cli.numerics.formats import Format, get_format, registry
-from altgrad_cli.numerics.scaling import Scaling, parse_scaling
+from altgrad_cli.numerics.scaling_modes import Scaling, parse_scaling
 
 UNSCALED_FORMATS = ("bf16", "fp16")
 
