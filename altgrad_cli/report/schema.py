@@ -21,14 +21,20 @@ _SCALARS = {int: "integer", float: "number", str: "string", bool: "boolean", typ
 @cache
 def report_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) every JSON report this version writes validates against."""
+    return document_schema(Report, SCHEMA, "altgrad report")
+
+
+def document_schema(record: type, schema_id: str, title: str) -> dict[str, Any]:
+    """The JSON Schema of a whole JSON document: `record`'s fields after a `schema` key that
+    names `schema_id` (the report and the trajectory report share this shape)."""
     defs: dict[str, Any] = {}
-    body = _record_schema(Report, defs)
-    body["properties"] = {"schema": {"const": SCHEMA}, **body["properties"]}
+    body = _record_schema(record, defs)
+    body["properties"] = {"schema": {"const": schema_id}, **body["properties"]}
     body["required"] = ["schema", *body["required"]]
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": SCHEMA,
-        "title": "altgrad report",
+        "$id": schema_id,
+        "title": title,
         **body,
         "$defs": dict(sorted(defs.items())),
     }

@@ -25,7 +25,7 @@ from altgrad_cli.report.records import (
     Skipped,
     SummaryRecord,
 )
-from altgrad_cli.report.schema import _record_schema
+from altgrad_cli.report.schema import document_schema
 from altgrad_cli.report.serialize import lookup, to_json
 
 TRAJECTORY_SCHEMA = "altgrad.trajectory/1"
@@ -230,14 +230,4 @@ class TrajectoryReport:
 @cache
 def trajectory_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of `altgrad trajectory -o json`, generated from the records."""
-    defs: dict[str, Any] = {}
-    body = _record_schema(TrajectoryReport, defs)
-    body["properties"] = {"schema": {"const": TRAJECTORY_SCHEMA}, **body["properties"]}
-    body["required"] = ["schema", *body["required"]]
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": TRAJECTORY_SCHEMA,
-        "title": "altgrad trajectory report",
-        **body,
-        "$defs": dict(sorted(defs.items())),
-    }
+    return document_schema(TrajectoryReport, TRAJECTORY_SCHEMA, "altgrad trajectory report")
