@@ -23,12 +23,21 @@ from altgrad_cli.cli.check import (
     finish_checks,
     load_report,
 )
+from altgrad_cli.cli.options import (
+    DEFAULT_CHUNK,
+    ChunkSizeOption,
+    ExcludeOption,
+    IncludeOption,
+    OutOption,
+    QuietOption,
+    StripPrefixOption,
+    ThreadsOption,
+    TopOption,
+)
 from altgrad_cli.cli.output import Output, emit, outputs, render, select_layers, warn
 from altgrad_cli.io.output import guard_outputs
 from altgrad_cli.report.checks import checks_section, evaluate, parse_rule
 from altgrad_cli.report.records import skipped_summary
-
-DEFAULT_CHUNK = 1 << 18  # engine.tensor.DEFAULT_CHUNK, spelt here so --help needs no torch
 
 
 def analyze_command(
@@ -63,39 +72,21 @@ def analyze_command(
     grad_eps: Annotated[
         float, typer.Option("--grad-eps", help="|grad| above this counts as an update.")
     ] = 1e-10,
-    strip_prefix: Annotated[
-        list[str], typer.Option("--strip-prefix", help="Prefix removed from names (repeatable).")
-    ] = [],
-    include: Annotated[
-        str | None, typer.Option(help="Only tensors whose name matches this regex.")
-    ] = None,
-    exclude: Annotated[
-        str | None, typer.Option(help="Leave out tensors whose name matches this regex.")
-    ] = None,
+    strip_prefix: StripPrefixOption = [],
+    include: IncludeOption = None,
+    exclude: ExcludeOption = None,
     output: Annotated[
         Output, typer.Option("--output", "-o", help="table | json | jsonl | csv | markdown | html")
     ] = Output.table,
-    out: Annotated[
-        Path | None,
-        typer.Option("--out", help="Write the report here (atomically) instead of stdout."),
-    ] = None,
+    out: OutOption = None,
     sort: Annotated[
         str | None,
         typer.Option(help="Sort tensors by this key, largest first (e.g. stall_ratio)."),
     ] = None,
-    top: Annotated[
-        int | None, typer.Option(help="Keep only the first N tensor records (after --sort).")
-    ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
-    chunk_size: Annotated[
-        int, typer.Option("--chunk-size", help="Elements per chunk (memory bound).")
-    ] = DEFAULT_CHUNK,
-    threads: Annotated[
-        int | None,
-        typer.Option(
-            "--threads", "-j", help="Cores to use (default: all available). Same numbers for any."
-        ),
-    ] = None,
+    top: TopOption = None,
+    quiet: QuietOption = False,
+    chunk_size: ChunkSizeOption = DEFAULT_CHUNK,
+    threads: ThreadsOption = None,
     dask: Annotated[
         str | None,
         typer.Option(

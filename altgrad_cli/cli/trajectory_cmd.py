@@ -13,6 +13,17 @@ from rich.console import Console
 from altgrad_cli.cli.analyze import progress_bar
 from altgrad_cli.cli.boundary import DebugOption
 from altgrad_cli.cli.check import FailIfOption, JunitOption, LayerOption, finish_checks
+from altgrad_cli.cli.options import (
+    DEFAULT_CHUNK,
+    ChunkSizeOption,
+    ExcludeOption,
+    IncludeOption,
+    OutOption,
+    QuietOption,
+    StripPrefixOption,
+    ThreadsOption,
+    TopOption,
+)
 from altgrad_cli.cli.output import Output, emit, outputs, warn
 from altgrad_cli.errors import UsageError
 from altgrad_cli.io.output import guard_outputs
@@ -91,39 +102,21 @@ def trajectory_command(
         bool,
         typer.Option("--per-step", help="Add the `analyze` records of each consecutive pair."),
     ] = False,
-    strip_prefix: Annotated[
-        list[str], typer.Option("--strip-prefix", help="Prefix removed from names (repeatable).")
-    ] = [],
-    include: Annotated[
-        str | None, typer.Option(help="Only tensors whose name matches this regex.")
-    ] = None,
-    exclude: Annotated[
-        str | None, typer.Option(help="Leave out tensors whose name matches this regex.")
-    ] = None,
+    strip_prefix: StripPrefixOption = [],
+    include: IncludeOption = None,
+    exclude: ExcludeOption = None,
     output: Annotated[
         Output, typer.Option("--output", "-o", help="table | json | jsonl | csv | markdown")
     ] = Output.table,
-    out: Annotated[
-        Path | None,
-        typer.Option("--out", help="Write the report here (atomically) instead of stdout."),
-    ] = None,
+    out: OutOption = None,
     sort: Annotated[
         str | None,
         typer.Option(help="Sort tensors by this key, largest first (e.g. oscillation_rate)."),
     ] = None,
-    top: Annotated[
-        int | None, typer.Option(help="Keep only the first N tensor records (after --sort).")
-    ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
-    chunk_size: Annotated[
-        int, typer.Option("--chunk-size", help="Elements per chunk (memory bound).")
-    ] = 1 << 18,
-    threads: Annotated[
-        int | None,
-        typer.Option(
-            "--threads", "-j", help="Cores to use (default: all available). Same numbers for any."
-        ),
-    ] = None,
+    top: TopOption = None,
+    quiet: QuietOption = False,
+    chunk_size: ChunkSizeOption = DEFAULT_CHUNK,
+    threads: ThreadsOption = None,
     fail_if: FailIfOption = [],
     layer: LayerOption = None,
     junit: JunitOption = None,

@@ -1,0 +1,37 @@
+"""Options that `analyze` and `trajectory` share, declared once: same names, same help."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+DEFAULT_CHUNK = 1 << 18  # engine.tensor.DEFAULT_CHUNK, spelt here so --help needs no torch
+
+StripPrefixOption = Annotated[
+    list[str], typer.Option("--strip-prefix", help="Prefix removed from names (repeatable).")
+]
+IncludeOption = Annotated[
+    str | None, typer.Option(help="Only tensors whose name matches this regex.")
+]
+ExcludeOption = Annotated[
+    str | None, typer.Option(help="Leave out tensors whose name matches this regex.")
+]
+OutOption = Annotated[
+    Path | None,
+    typer.Option("--out", help="Write the report here (atomically) instead of stdout."),
+]
+TopOption = Annotated[
+    int | None, typer.Option(help="Keep only the first N tensor records (after --sort).")
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+ChunkSizeOption = Annotated[
+    int, typer.Option("--chunk-size", help="Elements per chunk (memory bound).")
+]
+ThreadsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--threads", "-j", help="Cores to use (default: all available). Same numbers for any."
+    ),
+]
