@@ -408,3 +408,18 @@ def test_sample_trajectory_oscillates_under_fp4():
     # the coarser the grid, the more of its flips come straight back
     assert rates["e2m1fn"] > rates["e4m3fn"] > rates["bf16"]
     assert rates["e2m1fn"] > 0.25
+
+
+def test_trajectory_html_and_render_of_a_saved_trajectory(tmp_path):
+    pytest.importorskip("plotly", reason="--output html needs altgrad-cli[html]")
+    paths = write_series(tmp_path / "s", _random_series(5, checkpoints=3))
+    saved = tmp_path / "t.json"
+    assert run(*paths, "-o", "json", "--out", saved, "-q").exit_code == 0
+    html = run(*paths, "-o", "html", "-q")
+    assert html.exit_code == 0 and "<html" in html.stdout and "oscillation" in html.stdout.lower()
+    from altgrad_cli.cli.app import app as root
+
+    again = CliRunner().invoke(root, ["render", str(saved), "-o", "json"])
+    assert again.exit_code == 0 and again.stdout == saved.read_text()
+    rendered = CliRunner().invoke(root, ["render", str(saved), "-o", "html"])
+    assert rendered.exit_code == 0 and rendered.stdout == html.stdout

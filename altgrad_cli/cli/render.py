@@ -29,6 +29,7 @@ def render_command(
     """Render a saved JSON report in any output format (e.g. a CI artifact as HTML)."""
     from altgrad_cli.io.output import guard_outputs
     from altgrad_cli.report.loading import read_report_json, report_from_dict
+    from altgrad_cli.report.trajectory import TrajectoryReport
 
     guard_outputs({"--out": out}, [report_path])
     data = read_report_json(report_path)
@@ -37,5 +38,11 @@ def render_command(
 
         text = render_html(data)
     else:
-        text = render(report_from_dict(data, report_path), output)
+        report = report_from_dict(data, report_path)
+        if isinstance(report, TrajectoryReport):
+            from altgrad_cli.cli.trajectory_cmd import render_trajectory
+
+            text = render_trajectory(report, output)
+        else:
+            text = render(report, output)
     emit(text, out)

@@ -47,6 +47,10 @@ def render_trajectory(report, output: Output, width: int | None = None) -> str:
         return render_trajectory_csv(report)
     if output is Output.markdown:
         return render_trajectory_markdown(report)
+    if output is Output.html:
+        from altgrad_cli.report.render.html import render_html
+
+        return render_html(report.to_dict())
     from altgrad_cli.report.render.table import console_width
 
     console = Console(
@@ -131,6 +135,10 @@ def trajectory_command(
     if any(rule.uses_baseline for rule in rules):
         raise UsageError("baseline rules are for `altgrad check --baseline` on a saved report")
     guard_outputs(outputs(out, junit, fail_if), list(checkpoints))
+    if output is Output.html:
+        from altgrad_cli.report.render.html import require_plotly
+
+        require_plotly()
     with progress_bar(quiet) as progress:
         report = trajectory(
             checkpoints,

@@ -9,10 +9,12 @@ from typing import Any
 from altgrad_cli.errors import InputError
 from altgrad_cli.io.files import load_json
 from altgrad_cli.report.records import SCHEMA, Report
+from altgrad_cli.report.serialize import from_json
+from altgrad_cli.report.trajectory import TRAJECTORY_SCHEMA, TrajectoryReport
 
-# The report schemas `altgrad render` reads (the trajectory report's joins when it lands); the
-# HTML renderer draws any of them from the JSON form, the other renderers from the typed Report.
-READABLE_SCHEMAS: tuple[str, ...] = (SCHEMA,)
+# The report schemas `altgrad render` reads; the HTML renderer draws any of them from the JSON
+# form, the other renderers from the typed report.
+READABLE_SCHEMAS: tuple[str, ...] = (SCHEMA, TRAJECTORY_SCHEMA)
 
 
 def read_report_json(path: Path, schemas: tuple[str, ...] = READABLE_SCHEMAS) -> dict[str, Any]:
@@ -33,9 +35,13 @@ def _not_strict(constant: str) -> Any:
     raise ValueError(f"{constant} is not JSON")
 
 
-def report_from_dict(data: dict[str, Any], path: Path | str = "report") -> Report:
-    """The typed Report of a saved JSON form (strict); InputError (exit 3) when it does not fit."""
+def report_from_dict(
+    data: dict[str, Any], path: Path | str = "report"
+) -> Report | TrajectoryReport:
+    """The typed report of a saved JSON form (strict); InputError (exit 3) when it does not fit."""
     try:
+        if data.get("schema") == TRAJECTORY_SCHEMA:
+            return from_json(TrajectoryReport, {k: v for k, v in data.items() if k != "schema"})
         return Report.from_dict(data)
     except ValueError as error:
         raise InputError(path, f"malformed report: {error}") from error
