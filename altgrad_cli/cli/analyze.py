@@ -76,7 +76,13 @@ def analyze_command(
     include: IncludeOption = None,
     exclude: ExcludeOption = None,
     output: Annotated[
-        Output, typer.Option("--output", "-o", help="table | json | jsonl | csv | markdown | html")
+        Output,
+        typer.Option(
+            "--output",
+            "-o",
+            case_sensitive=False,
+            help="table | json | jsonl | csv | markdown | html",
+        ),
     ] = Output.table,
     out: OutOption = None,
     sort: Annotated[

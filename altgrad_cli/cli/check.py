@@ -50,13 +50,19 @@ def check_command(
     ] = [],
     junit: JunitOption = None,
     output: Annotated[
-        Output | None, typer.Option("--output", "-o", help="Print the checks as json.")
+        Output | None,
+        typer.Option("--output", "-o", case_sensitive=False, help="Print the checks as json."),
     ] = None,
     debug: DebugOption = False,
 ) -> None:
     """Gate a saved report: exit 1 when a rule fails, 0 when every rule holds."""
     if not fail_if:
         raise UsageError("give at least one --fail-if RULE")
+    if output not in (None, Output.json):  # never print nothing: say what check can print
+        raise UsageError(
+            f"check prints its checks as -o json (or a verdict on stderr without -o); "
+            f"to render the report as {output.value}, use `altgrad render REPORT -o {output.value}`"
+        )
     guard_outputs(outputs(None, junit, fail_if), [report_path, baseline])
     rules = [parse_rule(text) for text in fail_if]
     report = load_report(report_path)

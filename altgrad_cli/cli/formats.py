@@ -20,7 +20,7 @@ class FormatsOutput(str, Enum):
 
 def formats_command(
     output: Annotated[
-        FormatsOutput, typer.Option("--output", "-o", help="table or json")
+        FormatsOutput, typer.Option("--output", "-o", case_sensitive=False, help="table or json")
     ] = FormatsOutput.table,
     debug: DebugOption = False,
 ) -> None:

@@ -9,6 +9,7 @@ import sys
 from dataclasses import replace
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from altgrad_cli.errors import UsageError
 from altgrad_cli.io.output import write_atomic
@@ -77,18 +78,28 @@ def outputs(out: Path | None, junit: Path | None, fail_if: list[str]) -> dict[st
 
 
 def select_layers(report: Report, key: str | None, top: int | None) -> Report:
-    """`--sort KEY` (largest first, missing values last, then by name) and `--top N`."""
+    """`--sort KEY` and `--top N`. Numbers sort largest first, text (`name`, `format`, ...)
+    A to Z; missing values last, ties by name. An unknown key lists the valid ones."""
     layers = list(report.layers)
     if key is not None:
-        from altgrad_cli.report.records import LayerRecord
         from altgrad_cli.report.render.columns import value
         from altgrad_cli.report.schema import field_paths
 
-        if key not in field_paths(LayerRecord):
-            raise UsageError(f"--sort {key!r}: no such metric in the layer records")
-        layers.sort(
-            key=lambda layer: (value(layer, key) is None, -(value(layer, key) or 0), layer.name)
+        valid = field_paths(type(layers[0])) if layers else set()
+        if layers and key not in valid:
+            raise UsageError(f"--sort {key!r}: no such key; valid keys: {', '.join(sorted(valid))}")
+        values = [value(layer, key) for layer in layers]
+        numeric = all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in values if v is not None
         )
+
+        def order(pair: tuple[Any, Any]) -> tuple:
+            layer, v = pair
+            if v is None:
+                return (1, 0, layer.name)
+            return (0, -v if numeric else str(v), layer.name)
+
+        layers = [layer for layer, _ in sorted(zip(layers, values, strict=True), key=order)]
     if top is not None:
         if top < 0:
             raise UsageError("--top must be >= 0")

@@ -18,7 +18,13 @@ def render_command(
         Path, typer.Argument(metavar="REPORT.json", help="A report written by `-o json`.")
     ],
     output: Annotated[
-        Output, typer.Option("--output", "-o", help="table | json | jsonl | csv | markdown | html")
+        Output,
+        typer.Option(
+            "--output",
+            "-o",
+            case_sensitive=False,
+            help="table | json | jsonl | csv | markdown | html",
+        ),
     ] = Output.table,
     out: Annotated[
         Path | None,

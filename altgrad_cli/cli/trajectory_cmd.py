@@ -110,7 +110,13 @@ def trajectory_command(
     include: IncludeOption = None,
     exclude: ExcludeOption = None,
     output: Annotated[
-        Output, typer.Option("--output", "-o", help="table | json | jsonl | csv | markdown")
+        Output,
+        typer.Option(
+            "--output",
+            "-o",
+            case_sensitive=False,
+            help="table | json | jsonl | csv | markdown | html",
+        ),
     ] = Output.table,
     out: OutOption = None,
     sort: Annotated[

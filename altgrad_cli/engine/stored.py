@@ -118,7 +118,9 @@ def update_stored(
     acc.lost_mass += lost
     total = float(p.sum())
     acc.sr_expected += total
-    acc.sr_variance += max(total - float(torch.dot(p, p)), 0.0)
+    # Σ P(1 − P) term by term: ΣP − ΣP² cancels when most P are near 0 or 1 (1 − P is exact
+    # for P ≥ ½), and the summary's std must not depend on how the tensor was chunked
+    acc.sr_variance += float(torch.dot(p, 1.0 - p))
 
 
 @dataclass(frozen=True)
