@@ -76,7 +76,7 @@ def check_command(
 
 def load_report(path: Path) -> dict:
     """A saved JSON report (strict: size, depth, shape), or an InputError saying why not."""
-    from altgrad_cli.io.report_file import load_report as load
+    from altgrad_cli.report.loading import load_report as load
 
     return load(path)
 

@@ -30,11 +30,6 @@ def read_report_json(path: Path, schemas: tuple[str, ...] = READABLE_SCHEMAS) ->
     return data
 
 
-def _not_strict(constant: str) -> Any:
-    """altgrad writes strict JSON: a NaN or Infinity means the file came from elsewhere."""
-    raise ValueError(f"{constant} is not JSON")
-
-
 def report_from_dict(
     data: dict[str, Any], path: Path | str = "report"
 ) -> Report | TrajectoryReport:
@@ -43,5 +38,14 @@ def report_from_dict(
         if data.get("schema") == TRAJECTORY_SCHEMA:
             return from_json(TrajectoryReport, {k: v for k, v in data.items() if k != "schema"})
         return Report.from_dict(data)
-    except ValueError as error:
-        raise InputError(path, f"malformed report: {error}") from error
+    except (ValueError, TypeError) as error:  # the first place that differs, kept to one line
+        raise InputError(path, f"malformed report: {str(error)[:300]}") from error
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    """A saved report (`check REPORT`, `--baseline`) as its JSON form, after the same checks as
+    `render`: strict JSON, a schema this version reads, and the typed records' shape, so a
+    report whose `layers` is a number never reaches a rule that would silently skip it."""
+    data = read_report_json(path)
+    report_from_dict(data, path)
+    return data
