@@ -25,6 +25,7 @@ from altgrad_cli.io.bounds import check_run_options
 from altgrad_cli.io.checkpoint import Checkpoint
 from altgrad_cli.io.memory import open_checkpoint
 from altgrad_cli.io.pairing import Pair, pair_tensors
+from altgrad_cli.io.regex import any_of
 from altgrad_cli.numerics.formats import Format
 from altgrad_cli.numerics.recipes import Recipe, parse_recipes
 from altgrad_cli.numerics.scaling import parse_scaling
@@ -160,8 +161,8 @@ class AnalysisOptions:
     rescale: bool = False
     grad_eps: float = DEFAULT_GRAD_EPS
     strip_prefix: tuple[str, ...] = ()
-    include: str | None = None
-    exclude: str | None = None
+    include: str | Sequence[str] | None = None  # several: a name matching any of them
+    exclude: str | Sequence[str] | None = None
     chunk_size: int = DEFAULT_CHUNK
     threads: int | None = None
     dask: str | None = None
@@ -171,6 +172,8 @@ class AnalysisOptions:
         # Callers (Typer among them) may hand over lists: keep tuples, so the options stay frozen.
         object.__setattr__(self, "formats", tuple(self.formats))
         object.__setattr__(self, "strip_prefix", tuple(self.strip_prefix))
+        object.__setattr__(self, "include", any_of(self.include, "--include"))
+        object.__setattr__(self, "exclude", any_of(self.exclude, "--exclude"))
 
 
 def analyze(
@@ -183,8 +186,8 @@ def analyze(
     rescale: bool = False,
     grad_eps: float = DEFAULT_GRAD_EPS,
     strip_prefix: Sequence[str] = (),
-    include: str | None = None,
-    exclude: str | None = None,
+    include: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
     chunk_size: int = DEFAULT_CHUNK,
     worst: int = 5,
     progress: Progress | None = None,

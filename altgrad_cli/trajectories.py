@@ -16,6 +16,7 @@ from altgrad_cli.engine.tensor import DEFAULT_CHUNK
 from altgrad_cli.engine.trajectory import Recipe, TrajectoryCounts, accumulate_trajectory
 from altgrad_cli.errors import UsageError
 from altgrad_cli.io.checkpoint import Checkpoint
+from altgrad_cli.io.regex import any_of
 from altgrad_cli.io.series import align_tensors
 from altgrad_cli.numerics.formats import Format
 from altgrad_cli.numerics.recipes import get_recipe
@@ -76,8 +77,8 @@ def trajectory(
     scaling: str | None = None,
     fixed_scale: bool = False,
     strip_prefix: Sequence[str] = (),
-    include: str | None = None,
-    exclude: str | None = None,
+    include: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
     per_step: bool = False,
     chunk_size: int = DEFAULT_CHUNK,
     worst: int = 5,
@@ -93,6 +94,7 @@ def trajectory(
     Chunks run on `threads` cores (default: every core this process may use); the numbers do
     not depend on it, nor on `chunk_size`."""
     paths = [str(p) for p in checkpoints]
+    include, exclude = any_of(include, "--include"), any_of(exclude, "--exclude")
     if len(paths) < 3:
         raise UsageError(f"a trajectory needs at least 3 checkpoints, got {len(paths)}")
     recipes = _recipes(formats, scaling)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,73 @@ def test_sort_by_an_unknown_key_lists_the_valid_ones():
     assert (
         result.exit_code == 2 and "valid keys:" in result.stderr and "stall_ratio" in result.stderr
     )
+
+
+def names_of(*args: str) -> list[str]:
+    result = cli("analyze", *PAIR, "-o", "json", *args)
+    assert result.exit_code == 0, result.stderr
+    return [r["name"] for r in json.loads(result.stdout)["layers"]]
+
+
+def test_include_and_exclude_repeat_and_any_pattern_selects():
+    every = names_of()
+    both = names_of("--include", "^embed", "--include", "^head")
+    assert both == [n for n in every if n.startswith(("embed", "head"))]
+    assert set(names_of("--include", "^embed")) < set(both)  # the second one is not dropped
+    kept = names_of("--exclude", "bias$", "--exclude", "^embed")
+    assert kept == [n for n in every if not n.endswith("bias") and not n.startswith("embed")]
+
+
+def test_one_include_is_recorded_as_written_several_as_their_union():
+    one = json.loads(cli("analyze", *PAIR, "-o", "json", "--include", "head").stdout)
+    assert one["options"]["include"] == "head"
+    two = json.loads(
+        cli("analyze", *PAIR, "-o", "json", "--include", "head", "--include", "embed").stdout
+    )
+    assert two["options"]["include"] == "(?:head)|(?:embed)"
+
+
+def test_a_bad_pattern_among_several_is_named():
+    result = cli("analyze", *PAIR, "--include", "head", "--include", "a(")
+    assert result.exit_code == 2 and "--include 'a('" in result.stderr
+
+
+def test_the_library_takes_several_patterns_too():
+    from altgrad_cli import analyze
+
+    report = analyze(*PAIR, include=["^embed", "^head"], exclude=("bias$",))
+    assert [r.name for r in report.layers] == ["embed.weight", "head.weight"]
+
+
+def help_text(*command: str) -> str:
+    result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "100"})
+    assert result.exit_code == 0
+    return result.stdout
+
+
+@pytest.mark.parametrize("command", ["analyze", "trajectory", "check", "render", "formats"])
+def test_help_names_values_plainly(command):
+    text = help_text(command)
+    assert "<bool>" not in text and "<list[" not in text and "<path>" not in text
+    assert "{" not in text.split("\n\n")[0] + text.splitlines()[1]  # usage line: no braces
+
+
+def test_help_usage_shows_arguments_by_name_and_flags_take_no_value():
+    text = help_text("analyze")
+    assert re.search(r"analyze \[OPTIONS\] BEFORE AFTER *$", text, re.M)
+    quiet = next(line for line in text.splitlines() if "--quiet" in line)
+    assert "BOOL" not in quiet.upper().replace("--", "")
+    grads = next(line for line in text.splitlines() if "--grads" in line)
+    assert "PATH" in grads
+    assert "trajectory [OPTIONS] C0 C1 … Cn" in help_text("trajectory")
+
+
+def test_help_texts_are_literal_not_markup():
+    text = " ".join(help_text("analyze").split())
+    assert "FORMAT[@SCALING]" in text.replace("│ ", "").replace(" │", "")
+    assert "altgrad-cli[dask]" in text.replace("│ ", "").replace(" │", "")
+
+
+def test_shell_completion_is_offered():
+    root = help_text()
+    assert "--install-completion" in root and "--show-completion" in root

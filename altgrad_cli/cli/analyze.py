@@ -36,6 +36,7 @@ from altgrad_cli.cli.options import (
 )
 from altgrad_cli.cli.output import Output, emit, outputs, render, select_layers, warn
 from altgrad_cli.io.output import guard_outputs
+from altgrad_cli.io.regex import any_of
 from altgrad_cli.report.checks import checks_section, evaluate, parse_rule
 from altgrad_cli.report.records import skipped_summary
 
@@ -73,8 +74,8 @@ def analyze_command(
         float, typer.Option("--grad-eps", help="|grad| above this counts as an update.")
     ] = 1e-10,
     strip_prefix: StripPrefixOption = [],
-    include: IncludeOption = None,
-    exclude: ExcludeOption = None,
+    include: IncludeOption = [],
+    exclude: ExcludeOption = [],
     output: Annotated[
         Output,
         typer.Option(
@@ -130,8 +131,8 @@ def analyze_command(
         rescale=rescale,
         grad_eps=grad_eps,
         strip_prefix=tuple(strip_prefix),
-        include=include,
-        exclude=exclude,
+        include=any_of(include, "--include"),
+        exclude=any_of(exclude, "--exclude"),
         chunk_size=chunk_size,
         threads=threads,
         dask=dask,

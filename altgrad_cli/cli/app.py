@@ -15,13 +15,14 @@ from altgrad_cli.cli.analyze import analyze_command
 from altgrad_cli.cli.boundary import DebugOption, ErrorBoundary
 from altgrad_cli.cli.check import check_command
 from altgrad_cli.cli.formats import formats_command, schema_command
+from altgrad_cli.cli.help_style import PlainHelpCommand
 from altgrad_cli.cli.render import render_command
 from altgrad_cli.cli.trajectory_cmd import trajectory_command
 from altgrad_cli.engine.allocator import keep_freed_buffers
 
 app = typer.Typer(
     cls=ErrorBoundary,
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     help="Did the optimizer step move your low-precision weights? Flips, stalls, ULPs and grid fit.",
     pretty_exceptions_enable=False,
@@ -46,12 +47,12 @@ def _root(
     """altgrad: flip, stall, ULP and grid diagnostics for low-precision training checkpoints."""
 
 
-app.command("formats")(formats_command)
-app.command("analyze")(analyze_command)
-app.command("check")(check_command)
-app.command("render")(render_command)
-app.command("schema")(schema_command)
-app.command("trajectory")(trajectory_command)
+app.command("formats", cls=PlainHelpCommand)(formats_command)
+app.command("analyze", cls=PlainHelpCommand)(analyze_command)
+app.command("check", cls=PlainHelpCommand)(check_command)
+app.command("render", cls=PlainHelpCommand)(render_command)
+app.command("schema", cls=PlainHelpCommand)(schema_command)
+app.command("trajectory", cls=PlainHelpCommand)(trajectory_command)
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
+from altgrad_cli.cli.help_style import plain_parameters
 from altgrad_cli.errors import AltgradError, UsageError
 
 DEBUG_ENV = "ALTGRAD_DEBUG"
@@ -34,6 +35,15 @@ class ErrorBoundary(TyperGroup):
     """The app's click group: runs the command line and maps whatever escapes it to an exit code."""
 
     debug = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        plain_parameters(self.params)
+
+    def get_params(self, ctx: typer.Context) -> list[Any]:
+        params = super().get_params(ctx)
+        plain_parameters(params)  # --help and completion options are added after __init__
+        return params
 
     def main(  # type: ignore[override]
         self,

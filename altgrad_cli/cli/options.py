@@ -13,10 +13,18 @@ StripPrefixOption = Annotated[
     list[str], typer.Option("--strip-prefix", help="Prefix removed from names (repeatable).")
 ]
 IncludeOption = Annotated[
-    str | None, typer.Option(help="Only tensors whose name matches this regex.")
+    list[str],
+    typer.Option(
+        metavar="REGEX",
+        help="Only tensors whose name matches this regex (repeatable: any of them).",
+    ),
 ]
 ExcludeOption = Annotated[
-    str | None, typer.Option(help="Leave out tensors whose name matches this regex.")
+    list[str],
+    typer.Option(
+        metavar="REGEX",
+        help="Leave out tensors whose name matches this regex (repeatable: any of them).",
+    ),
 ]
 OutOption = Annotated[
     Path | None,

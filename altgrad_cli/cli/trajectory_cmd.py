@@ -27,6 +27,7 @@ from altgrad_cli.cli.options import (
 from altgrad_cli.cli.output import Output, emit, outputs, warn
 from altgrad_cli.errors import UsageError
 from altgrad_cli.io.output import guard_outputs
+from altgrad_cli.io.regex import any_of
 from altgrad_cli.report.checks import checks_section, evaluate, parse_rule
 from altgrad_cli.report.records import skipped_summary
 
@@ -107,8 +108,8 @@ def trajectory_command(
         typer.Option("--per-step", help="Add the `analyze` records of each consecutive pair."),
     ] = False,
     strip_prefix: StripPrefixOption = [],
-    include: IncludeOption = None,
-    exclude: ExcludeOption = None,
+    include: IncludeOption = [],
+    exclude: ExcludeOption = [],
     output: Annotated[
         Output,
         typer.Option(
@@ -152,8 +153,8 @@ def trajectory_command(
             scaling=scaling,
             fixed_scale=fixed_scale,
             strip_prefix=strip_prefix,
-            include=include,
-            exclude=exclude,
+            include=any_of(include, "--include"),
+            exclude=any_of(exclude, "--exclude"),
             per_step=per_step,
             chunk_size=chunk_size,
             progress=progress,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from altgrad_cli.errors import UsageError
@@ -30,3 +31,19 @@ def compile_name_filter(pattern: str | None, option: str) -> Any:
         raise UsageError(
             f"{option} {pattern!r} is not a valid regular expression: {error}"
         ) from None
+
+
+def any_of(patterns: str | Sequence[str] | None, option: str) -> str | None:
+    """Several `--include` (or `--exclude`) patterns as one regex matching a name when any of
+    them does; one pattern stays as given, so a report records exactly what the user wrote.
+    Each is checked on its own first, so an error names the pattern at fault."""
+    if patterns is None or isinstance(patterns, str):
+        return patterns
+    patterns = list(patterns)
+    for pattern in patterns:
+        compile_name_filter(pattern, option)
+    if not patterns:
+        return None
+    if len(patterns) == 1:
+        return patterns[0]
+    return "|".join(f"(?:{pattern})" for pattern in patterns)
