@@ -130,3 +130,20 @@ def test_help_texts_are_literal_not_markup():
 def test_shell_completion_is_offered():
     root = help_text()
     assert "--install-completion" in root and "--show-completion" in root
+
+
+def test_out_and_junit_create_missing_folders(tmp_path):
+    out, junit = tmp_path / "a" / "b" / "report.json", tmp_path / "c" / "junit.xml"
+    result = cli(
+        "analyze", *PAIR, "-o", "json", "--out", str(out),
+        "--fail-if", "stall_ratio > 2", "--junit", str(junit),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(out.read_text())["schema"].startswith("altgrad.report")
+    assert junit.read_text().startswith("<?xml")
+
+
+def test_a_failed_run_leaves_no_new_folder(tmp_path):
+    out = tmp_path / "new" / "report.json"
+    result = cli("analyze", str(tmp_path / "missing.safetensors"), PAIR[1], "--out", str(out))
+    assert result.exit_code == 3 and not (tmp_path / "new").exists()

@@ -330,8 +330,10 @@ def test_a_file_truncated_while_mapped_exits_3_and_keeps_out(tmp_path):
 
 def test_output_write_failures_are_one_line(tmp_path, monkeypatch):
     before, after = pair(tmp_path)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
     one_line(
-        cli("analyze", before, after, "--out", tmp_path / "no" / "r.json"), 2, "does not exist"
+        cli("analyze", before, after, "--out", blocker / "sub" / "r.json"), 2, "is not a folder"
     )
     env = {"GITHUB_STEP_SUMMARY": str(tmp_path / "missing" / "summary.md")}
     result = cli("analyze", before, after, "--fail-if", "flips > 1e9", env=env)

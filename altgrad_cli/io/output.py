@@ -2,7 +2,8 @@
 
 `guard_outputs` runs first: an output (`--out`, `--junit`, `GITHUB_STEP_SUMMARY`) that resolves
 to an input file, through a symlink or a hard link, or that names the same file as another
-output, or whose folder is missing or read-only, is a usage error (exit 2) before the run starts.
+output, or whose folder cannot be written (or, for the step summary, is missing), is a usage
+error (exit 2) before the run starts; `--out` and `--junit` folders are created on writing.
 `write_atomic` then writes through a short temporary name in the target's own folder and renames
 it into place, so a failed run leaves the old file untouched and any legal file name works.
 
@@ -57,7 +58,14 @@ def _special(path: Path) -> int | None:
     return None if stat.S_ISREG(mode) else mode
 
 
-def _check_writable(label: str, path: Path) -> None:
+def _existing_ancestor(folder: Path) -> Path:
+    """The nearest folder above (or at) `folder` that exists: where missing ones get created."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def _check_writable(label: str, path: Path, create_folders: bool) -> None:
     mode = _special(path)
     if mode is not None:
         if stat.S_ISDIR(mode):
@@ -66,7 +74,11 @@ def _check_writable(label: str, path: Path) -> None:
     target = Path(os.path.realpath(path))
     folder = target.parent
     if not folder.is_dir():
-        raise UsageError(f"{label} {path}: folder {folder} does not exist")
+        if not create_folders:
+            raise UsageError(f"{label} {path}: folder {folder} does not exist")
+        folder = _existing_ancestor(folder)
+        if not folder.is_dir():
+            raise UsageError(f"{label} {path}: {folder} is not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         try:
             read_only = os.statvfs(folder).f_flag & os.ST_RDONLY
@@ -79,9 +91,14 @@ def _check_writable(label: str, path: Path) -> None:
 def guard_outputs(
     outputs: Mapping[str, str | os.PathLike[str] | None],
     inputs: Iterable[str | os.PathLike[str] | None],
+    *,
+    fixed_folders: Iterable[str] = ("GITHUB_STEP_SUMMARY",),
 ) -> None:
     """Raise UsageError when an output would overwrite an input or another output, or cannot
-    be written at all. Call before reading anything."""
+    be written at all. Call before reading anything. Missing folders of an output are created
+    when it is written (`write_atomic`), except for the outputs in `fixed_folders`: a step
+    summary whose folder is missing means the CI runner is misconfigured, not a new folder."""
+    fixed = set(fixed_folders)
     taken: dict[Identity, str] = {}
     real_inputs: dict[str, str] = {}
     for given in inputs:
@@ -107,7 +124,7 @@ def guard_outputs(
         seen[real] = f"{label} {path}"
         if ident is not None:
             taken[ident] = f"{label} {path}"
-        _check_writable(label, path)
+        _check_writable(label, path, create_folders=label not in fixed)
 
 
 def _mode_for(target: Path) -> int:
@@ -131,6 +148,7 @@ def write_atomic(path: str | os.PathLike[str], text: str) -> None:
     target = Path(os.path.realpath(given))
     tmp = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)  # guard_outputs checked where
         fd, tmp = tempfile.mkstemp(prefix=".ag", suffix=".tmp", dir=target.parent)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
