@@ -281,3 +281,26 @@ def test_a_rule_that_selects_nothing_is_a_usage_error(report_file, args, expecte
 def test_a_typo_in_layer_gets_close_matches(report_file):
     result = check(report_file, "--fail-if", "stall_ratio > 0.9", "--layer", "hiden.weight")
     assert result.exit_code == 2 and "did you mean hidden.weight" in result.stderr
+
+
+def test_fail_on_missing_turns_tensors_the_baseline_lacks_into_failures(report_dict, tmp_path):
+    baseline = json.loads(json.dumps(report_dict))
+    baseline["layers"] = [layer for layer in baseline["layers"] if layer["name"] != "norm.weight"]
+    rule = [parse_rule("stall_ratio > baseline + 10")]  # passes wherever the baseline has it
+    lenient = evaluate(report_dict, rule, baseline=baseline)
+    strict = evaluate(report_dict, rule, baseline=baseline, fail_on_missing=True)
+    missing = {r.target for r in lenient if r.status == "skip"}
+    assert missing == {"norm.weight"}
+    assert {r.target for r in strict if r.status == "fail"} == missing
+    assert all(r.message == "not in the baseline" for r in strict if r.status == "fail")
+
+    report, base = tmp_path / "r.json", tmp_path / "b.json"
+    report.write_text(json.dumps(report_dict))
+    base.write_text(json.dumps(baseline))
+    args = (report, "--fail-if", "stall_ratio > baseline + 10", "--baseline", base)
+    passed = check(*args)
+    assert passed.exit_code == 0 and "skipped" in passed.stderr
+    failed = check(*args, "--fail-on-missing")
+    assert failed.exit_code == 1
+    assert "FAIL" in failed.stderr and "norm.weight" in failed.stderr
+    assert "not in the baseline" in failed.stderr

@@ -18,6 +18,7 @@ from altgrad_cli.cli.boundary import DebugOption
 from altgrad_cli.cli.check import (
     BaselineOption,
     FailIfOption,
+    FailOnMissingOption,
     JunitOption,
     LayerOption,
     finish_checks,
@@ -108,6 +109,7 @@ def analyze_command(
     ] = 10.0,
     fail_if: FailIfOption = [],
     baseline: BaselineOption = None,
+    fail_on_missing: FailOnMissingOption = False,
     layer: LayerOption = None,
     junit: JunitOption = None,
     debug: DebugOption = False,
@@ -150,7 +152,13 @@ def analyze_command(
         )
     results = []
     if rules:
-        results = evaluate(report.to_dict(), rules, baseline=baseline_report, layer=layer)
+        results = evaluate(
+            report.to_dict(),
+            rules,
+            baseline=baseline_report,
+            layer=layer,
+            fail_on_missing=fail_on_missing,
+        )
         report = replace(report, checks=checks_section(rules, results))
     emit(render(select_layers(report, sort, top), output), out)
     finish_checks(results, junit)

@@ -30,6 +30,14 @@ FailIfOption = Annotated[
 BaselineOption = Annotated[
     Path | None, typer.Option("--baseline", help="Earlier JSON report for `baseline` rules.")
 ]
+FailOnMissingOption = Annotated[
+    bool,
+    typer.Option(
+        "--fail-on-missing",
+        help="A tensor or format the --baseline lacks fails its check (default: skipped, "
+        "counted in the verdict).",
+    ),
+]
 LayerOption = Annotated[
     str | None, typer.Option("--layer", help="Apply rules only to tensors matching this regex.")
 ]
@@ -44,6 +52,7 @@ def check_command(
     ],
     fail_if: FailIfOption = [],
     baseline: BaselineOption = None,
+    fail_on_missing: FailOnMissingOption = False,
     layer: LayerOption = None,
     format: Annotated[
         list[str], typer.Option("--format", "-f", help="Apply rules only to these formats.")
@@ -67,7 +76,14 @@ def check_command(
     rules = [parse_rule(text) for text in fail_if]
     report = load_report(report_path)
     baseline_report = load_report(baseline) if baseline is not None else None
-    results = evaluate(report, rules, baseline=baseline_report, layer=layer, formats=format or None)
+    results = evaluate(
+        report,
+        rules,
+        baseline=baseline_report,
+        layer=layer,
+        formats=format or None,
+        fail_on_missing=fail_on_missing,
+    )
     if output is Output.json:
         section = to_json(checks_section(rules, results))
         sys.stdout.write(json.dumps(section, indent=2, allow_nan=False) + "\n")
@@ -98,6 +114,8 @@ def finish_checks(results: list[CheckResult], junit: Path | None) -> None:
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     for r in failed:
         line = f"FAIL {r.rule}: {r.target} [{r.format}] = {r.value!r} (threshold {r.threshold!r})"
+        if r.message:
+            line += f": {r.message}"
         err.print(printable(line), markup=False)
     if results:
         skipped = sum(r.status == "skip" for r in results)

@@ -139,6 +139,9 @@ def _baseline_index(baseline: dict[str, Any] | None) -> dict[tuple[str, str], di
     return index
 
 
+MISSING = "not in the baseline"
+
+
 def evaluate(
     report: dict[str, Any],
     rules: Sequence[Rule],
@@ -146,8 +149,11 @@ def evaluate(
     baseline: dict[str, Any] | None = None,
     layer: str | None = None,
     formats: Sequence[str] | None = None,
+    fail_on_missing: bool = False,
 ) -> list[CheckResult]:
-    """Every rule on every selected tensor (or summary) and format, in a stable order."""
+    """Every rule on every selected tensor (or summary) and format, in a stable order. A target
+    the baseline lacks is skipped (and counted), or fails with `fail_on_missing`: a gate
+    against a baseline that has since lost most of its tensors should not pass by default."""
     layer_re = compile_name_filter(layer, "--layer")
     if any(rule.uses_baseline for rule in rules) and baseline is None:
         raise UsageError("a rule compares with baseline but no --baseline report was given")
@@ -178,10 +184,9 @@ def evaluate(
             if rule.uses_baseline:
                 old = base.get((target, fmt))
                 if old is None:
+                    status = "fail" if fail_on_missing else "skip"
                     results.append(
-                        CheckResult(
-                            rule.text, target, fmt, value, None, "skip", "not in the baseline"
-                        )
+                        CheckResult(rule.text, target, fmt, value, None, status, MISSING)
                     )
                     continue
                 threshold = rule.threshold(_numeric(old, rule))
