@@ -128,6 +128,8 @@ class Chunk:
     absmax_after: float
     delta: Tensor  # float64 after - before, exact
     n_updated: int
+    updated_index: Tensor | None  # positions of the updated elements; None when all are
+    delta_updated: Tensor  # `delta` at those positions (shared by every format's `stored`)
 
     def over_nonzero(self) -> RatioInputs:
         """The inputs compressed to before != 0, where the stiffness is defined."""
@@ -193,6 +195,7 @@ def prepare_chunk(
     updated = abs_g > grad_eps if abs_g is not None else a != b
     n_updated = int(torch.count_nonzero(updated))
     counts.updates += n_updated
+    updated_index = None if n_updated == n else updated.nonzero().squeeze(1)
     n_nonzero = int(torch.count_nonzero(b))
     nonzero = b != 0 if n_nonzero < n else None
 
@@ -224,6 +227,8 @@ def prepare_chunk(
         absmax_after,
         delta,
         n_updated,
+        updated_index,
+        delta if updated_index is None else delta.index_select(0, updated_index),
     )
     return chunk, [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
 
@@ -281,15 +286,18 @@ def ulp_distances(before: Tensor, after: Tensor, absmax: float) -> tuple[Tensor,
     return distance, crossed
 
 
-def grid_alignment_errors(abs_x: Tensor, code: Tensor, fmt: Format, s: Tensor | None) -> Tensor:
+def grid_alignment_errors(
+    abs_x: Tensor, code: Tensor, fmt: Format, s: Tensor | None, s64: Tensor | None = None
+) -> Tensor:
     """e = | |x| - s·|R(x/s)| | per element, in float64 and exact: a grid value has at most 24
     significant bits and a float32 scale 24, so s·grid is exact in float64, and so is the
     difference. `abs_x` is |x| in float64, `code` the codes of x/s, `s` None (1), 0-d or one
-    value per element. Public so the seed's per-element `grid_alignment_error` is this code."""
+    value per element (`s64`: the same in float64, when the caller has it). Public so the seed's
+    per-element `grid_alignment_error` is this code."""
     if s is None or s.dim() == 0:  # |x| - raw·factor in one pass (the product is exact)
         raw, factor = decode_magnitude64_parts(code.abs(), fmt, 1.0 if s is None else float(s))
         return torch.add(abs_x, raw, alpha=-factor).abs_()
-    return _grid_error(abs_x, decode_magnitude64(code.abs(), fmt), s)
+    return _grid_error(abs_x, decode_magnitude64(code.abs(), fmt), s, s64)
 
 
 def stiffness_powers(y: Tensor, fmt: Format) -> Tensor:
@@ -320,13 +328,18 @@ def update_format(
     code_a = encode_scaled(ya, fmt, saturate=top_a is None or top_a > fmt.max)
     wide = torch.int16 if code_b.dtype == torch.int8 else torch.int32
     steps = (code_a.to(wide) - code_b).abs_()
+    per_element = s_before is not None and s_before.dim() != 0
+    s64 = s_before.to(torch.float64) if per_element else None
+    inverse = _power_of_two_inverse(s_before, s64) if per_element else None
     update_stored(
         acc.stored,
         fmt,
         code_b,
         chunk.delta,
         s_before,
-        None if chunk.n_updated == n else chunk.updated,
+        inverse=inverse,
+        updated_index=chunk.updated_index,
+        delta_updated=chunk.delta_updated,
     )
     counts.overflow += int(_overflow_count(yb, fmt, top_b))
     counts.underflow += chunk.n_nonzero - int(torch.count_nonzero(code_b))
@@ -334,7 +347,7 @@ def update_format(
     s_value = 1.0 if s_before is None else (float(s_before) if s_before.dim() == 0 else None)
     plan = _one_scale_plan(fmt, s_value, yb.dtype)
 
-    error = grid_alignment_errors(chunk.abs_before, code_b, fmt, s_before)
+    error = grid_alignment_errors(chunk.abs_before, code_b, fmt, s_before, s64)
     acc.grid_error.update(error)
     counts.on_grid += n - int(torch.count_nonzero(error))
 
@@ -353,9 +366,11 @@ def update_format(
         keep = chunk.nonzero
         yb, error = yb[keep], error[keep]
         flipped = flipped[keep] if flipped is not None else None
-        s_before = s_before[keep] if s_value is None else s_before
+        if s_value is None:
+            s_before, s64 = s_before[keep], s64[keep]
+            inverse = inverse[keep] if inverse is not None else None
         flips = int(torch.count_nonzero(flipped)) if flipped is not None else 0
-    stiff, mean_s, m2_s = _stiffness(acc, fmt, yb, s_before, s_value)
+    stiff, mean_s, m2_s = _stiffness(acc, fmt, yb, s_before, s_value, s64, inverse)
     inputs = chunk.over_nonzero()
     big = inputs.twice_delta >= stiff.values
     n_big = int(torch.count_nonzero(big))
@@ -425,12 +440,12 @@ def _update_one_scale(
     _add_stiffness_ratios(acc, chunk, inputs, stiff, moments, error, flips, n_big, big_flipped)
 
 
-def _grid_error(abs_before: Tensor, grid: Tensor, s: Tensor) -> Tensor:
+def _grid_error(abs_before: Tensor, grid: Tensor, s: Tensor, s64: Tensor | None = None) -> Tensor:
     """| |b| - s·q | per element in float64, zero exactly when |b| = s·q. A float32 s times a
     grid value (at most 24 bits each) is exact in float64; a float64 s (float64 storage) is not,
     so there the product's rounding error is carried (Dekker's two-product) and subtracted."""
     if s.dtype != torch.float64:
-        return abs_before.sub(grid.mul_(s.to(torch.float64))).abs_()
+        return abs_before.sub(grid.mul_(s.to(torch.float64) if s64 is None else s64)).abs_()
     product = grid * s
     g_hi, g_lo = _split(grid)
     s_hi, s_lo = _split(s)
@@ -550,10 +565,18 @@ def _one_scale_moments(
 
 
 def _stiffness(
-    acc: FormatAccumulator, fmt: Format, yb: Tensor, s: Tensor | None, s_value: float | None
+    acc: FormatAccumulator,
+    fmt: Format,
+    yb: Tensor,
+    s: Tensor | None,
+    s_value: float | None,
+    s64: Tensor | None = None,
+    inverse: Tensor | None = None,
 ) -> tuple[_Stiffness, float, float]:
     """(S, its mean, its M2) for the chunk's non-zero elements in float64, for any scale and
-    storage; adds S's mean, min, max and histogram to `acc`."""
+    storage; adds S's mean, min, max and histogram to `acc`. With per-element scales that are all
+    powers of two (`inverse` = 1/s, exact), S is one too and W = 1/S is exact: sums of x/S become
+    dot products, as with one scale."""
     n = yb.numel()
     low_exp = fmt.emin - fmt.mantissa_bits  # log2 P in bin 0 (emin is 0 for fixed point)
     index = None if fmt.is_fixed_point else _exponent_index(yb, fmt)
@@ -567,17 +590,34 @@ def _stiffness(
             weight = _power_of_two(-index.to(torch.int64), -low_exp)
         mean, m2 = _one_scale_moments(acc, fmt, bins, s_value)
         return _Stiffness(values, weight, s_value), mean, m2
-    s64 = s.to(torch.float64)
+    s64 = s.to(torch.float64) if s64 is None else s64
+    weight = None
     if index is None:
         values, exponents = s64 * 2.0**low_exp, low_exp
+        if inverse is not None:
+            weight = inverse * 2.0**-low_exp
     else:
         values = _power_of_two(index, low_exp).mul_(s64)
         exponents = index.to(torch.int64) + low_exp
-    acc.stiffness_hist.update(floor_log2(s64).add_(exponents))  # floor(log2 S)
+        if inverse is not None:
+            weight = _power_of_two(-index.to(torch.int64), -low_exp).mul_(inverse)
+    if s.dtype == torch.float32:  # S = P·s is a normal float64: floor(log2 S) is its exponent
+        field = values.view(torch.int64) >> 52  # S > 0, so no sign bit
+        acc.stiffness_hist.add_counts(-F64.bias, torch.bincount(field, minlength=2047))
+    else:  # a float64 s may be subnormal, and S with it
+        acc.stiffness_hist.update(floor_log2(s64).add_(exponents))  # floor(log2 S)
     low, high = torch.aminmax(values)
     _, mean, m2 = _centered(values)
     acc.stiffness.merge(Mean(n, mean * n, float(low), float(high)))
-    return _Stiffness(values, None, None), mean, m2
+    return _Stiffness(values, weight, None if weight is None else 1.0), mean, m2
+
+
+def _power_of_two_inverse(s: Tensor, s64: Tensor) -> Tensor | None:
+    """1/s in float64 when every s is a normal float32 power of two (E8M0 block scales: no
+    mantissa bits), so exact and x/s = x·(1/s) bit for bit; else None."""
+    if s.dtype != torch.float32 or bool(torch.any(s.view(torch.int32) & 0x007FFFFF)):
+        return None
+    return torch.reciprocal(s64)
 
 
 def _add_stiffness_ratios(

@@ -79,24 +79,38 @@ def update_stored(
     delta: Tensor,
     scale: Tensor | None,
     updated: Tensor | None = None,
+    *,
+    inverse: Tensor | None = None,
+    updated_index: Tensor | None = None,
+    delta_updated: Tensor | None = None,
 ) -> None:
     """Add one chunk to `acc`.
 
     `code_before` holds the signed codes of R(before / s) (any integer dtype), `delta` the exact
     float64 steps after − before, `scale` BEFORE's scale (None for s = 1, a 0-d tensor, or a
     tensor broadcastable to the chunk), `updated` the mask of updated elements (None: all).
-    All are finite; elements outside `updated` are left out.
+    All are finite; elements outside `updated` are left out. `inverse` is 1/s per element when
+    every s is a power of two (exact), so y = g + Δ·(1/s), the same number as (s·g + Δ)/s.
+    The kernel names the updated elements by `updated_index` instead (and hands `delta` there
+    as `delta_updated`): one index for every format of the chunk, gathers instead of masks.
     """
     code = code_before.reshape(-1)
     d = delta.reshape(-1)
     s = None if scale is None else scale
     if s is not None and s.dim() != 0:
         s = s.reshape(()) if s.numel() == 1 else s.expand(code_before.shape).reshape(-1)
-    if updated is not None:
+    if updated_index is not None:
+        code = code.index_select(0, updated_index)
+        d = d.index_select(0, updated_index) if delta_updated is None else delta_updated
+        if s is not None and s.dim() != 0:
+            s = s.index_select(0, updated_index)
+        inverse = inverse.index_select(0, updated_index) if inverse is not None else None
+    elif updated is not None:
         keep = updated.reshape(-1)
         if int(torch.count_nonzero(keep)) < code.numel():
             code, d = code[keep], d[keep]
             s = s[keep] if s is not None and s.dim() != 0 else s
+            inverse = inverse[keep] if inverse is not None else None
     n = code.numel()
     acc.updates += n
     if n == 0:
@@ -104,7 +118,7 @@ def update_stored(
     if fmt.max_code > TABLE_LIMIT:
         moved, p = _by_rounding(fmt, code, d, s)
     else:
-        moved, p = _by_table(fmt, code, d, s)
+        moved, p = _by_table(fmt, code, d, s, inverse)
     n_moved = int(torch.count_nonzero(moved))
     mass = float(torch.linalg.vector_norm(d, 1))  # Σ|Δ| in one pass, no |Δ| copy
     if n_moved == 0:
@@ -156,7 +170,9 @@ def _table(fmt: Format, s: float = 1.0) -> _Table:
     return _Table(g * s, up, down, gaps)
 
 
-def _by_table(fmt: Format, code: Tensor, d: Tensor, s: Tensor | None) -> tuple[Tensor, Tensor]:
+def _by_table(
+    fmt: Format, code: Tensor, d: Tensor, s: Tensor | None, inverse: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """(moved under RNE, P(moved) under SR) from the per-code table: gathers by index_select,
     which is several times faster than indexing, and no select."""
     index = code.to(torch.int32, copy=True).add_(fmt.max_code)  # index_select takes int32
@@ -167,8 +183,11 @@ def _by_table(fmt: Format, code: Tensor, d: Tensor, s: Tensor | None) -> tuple[T
     else:  # one scale per element: y = z / s, which crosses no midpoint (module docstring)
         table = _table(fmt)
         w = torch.index_select(table.value, 0, index)  # g, in grid units
-        s64 = s.to(torch.float64)
-        position = (w * s64).add_(d).div_(s64)
+        if inverse is not None:  # s a power of two: s·g + Δ and the division scale exactly
+            position = torch.addcmul(w, d, inverse)
+        else:
+            s64 = s.to(torch.float64)
+            position = (w * s64).add_(d).div_(s64)
     moved = position > torch.index_select(table.up, 0, index)
     moved.logical_or_(position < torch.index_select(table.down, 0, index))
     offset = position.sub_(w)  # z − w (or y − g): where SR goes and how far

@@ -61,15 +61,32 @@ def pow2_exponent(amax: Tensor, fmt: Format, rule: ScaleRule) -> Tensor:
     return out.clamp(-E8M0_EXP, E8M0_EXP)
 
 
+# groups per pass: the temporaries for the 8M NVFP4 blocks of a 32000×4096 tensor stay small
+SCALE_SLICE = 1 << 20
+
+
 def _amax_scale(amax: Tensor, fmt: Format, scaling: Scaling) -> Tensor:
     """Scales from per-group amax values; zero or non-finite amax gives 1, as does a float
-    scale that rounds to 0 or overflows."""
+    scale that rounds to 0 or overflows. Elementwise, so it runs over fixed slices of the groups:
+    the int64 and float temporaries of the rules are bounded by the slice, not the tensor."""
+    t = nvfp4_tensor_scale(amax, fmt) if scaling.mode is ScaleMode.NVFP4 else None
+    if amax.numel() <= SCALE_SLICE:
+        return _slice_scale(amax, fmt, scaling, t)
+    flat = amax.reshape(-1)
+    parts = [
+        _slice_scale(flat[i : i + SCALE_SLICE], fmt, scaling, t)
+        for i in range(0, flat.numel(), SCALE_SLICE)
+    ]
+    return torch.cat(parts).reshape(amax.shape)
+
+
+def _slice_scale(amax: Tensor, fmt: Format, scaling: Scaling, t: Tensor | None) -> Tensor:
+    if t is not None:
+        return _nvfp4_block_scale(amax, fmt, t)
     good = torch.isfinite(amax) & (amax > 0)
     safe = torch.where(good, amax, torch.ones_like(amax))
     fmax = torch.tensor(fmt.max, dtype=amax.dtype)
     mode, rule = scaling.mode, scaling.rule
-    if mode is ScaleMode.NVFP4:
-        return nvfp4_scale(amax, fmt)
     if mode in (ScaleMode.TENSOR, ScaleMode.CHANNEL) or rule is ScaleRule.FP32:
         scale = safe / fmax
     elif mode is ScaleMode.POW2:
@@ -95,9 +112,12 @@ def nvfp4_scale(block_amax: Tensor, fmt: Format) -> Tensor:
     §Recipes, torchao's per_tensor_scale path): t = amax / (448 · max_F), b = amax_block / max_F.
     The tensor amax is the largest block amax (NaN propagates). A zero, non-finite or
     underflowing t is 1; a block with a non-finite amax gets s = 1."""
+    return _nvfp4_block_scale(block_amax, fmt, nvfp4_tensor_scale(block_amax, fmt))
+
+
+def _nvfp4_block_scale(block_amax: Tensor, fmt: Format, t: Tensor) -> Tensor:
     amax32 = block_amax.to(torch.float32)
     fmax = torch.tensor(fmt.max, dtype=torch.float32)
-    t = nvfp4_tensor_scale(block_amax, fmt)
     ratio = (amax32 / fmax) / t
     e = ratio.clamp(E4M3_MIN, E4M3_MAX).to(torch.float8_e4m3fn).to(torch.float32)
     scale = t * e

@@ -10,7 +10,7 @@ list in columns.py (most important first), and no cell ever wraps.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from rich.console import Console, Group
 from rich.table import Table
@@ -28,7 +28,13 @@ from altgrad_cli.report.render.columns import (
 )
 from altgrad_cli.report.render.safe_text import printable
 from altgrad_cli.report.render.stored import STORED_COLUMNS, sr_cell, verdict
-from altgrad_cli.report.render.whatif import BEST, block_scale_bars, what_if_cells
+from altgrad_cli.report.render.whatif import (
+    BEST,
+    WHAT_IF_ROWS,
+    block_scale_bars,
+    what_if_cells,
+    what_if_groups,
+)
 
 BAR_WIDTH = 30
 NAME_FLOOR = 20  # tensor names shrink to this before any column is dropped
@@ -61,6 +67,7 @@ def _fit(
     *,
     bold_from: int | None = None,
     caption: str | None = None,
+    section_ends: Collection[int] = (),
 ) -> Table:
     """A table of label columns (the first one shrinkable) and metric columns that fits `width`."""
     labels = [[printable(text) for text in label] for label in labels]  # measured as shown
@@ -90,7 +97,7 @@ def _fit(
         texts = [shorten(label[0], name_width), *label[1:], *row[:kept]]
         table.add_row(
             *[Text(t, style=style) for t in texts],
-            end_section=bold_from is not None and i == bold_from - 1,
+            end_section=(bold_from is not None and i == bold_from - 1) or i in section_ends,
         )
     return table
 
@@ -246,6 +253,36 @@ def _comparison(report: Report, width: int) -> Table:
     )
 
 
+def _what_if_tables(report: Report, width: int) -> list[Table]:
+    """The recipes side by side per tensor group (when there is more than one), then over all."""
+    tables = []
+    recipes = [s.format for s in report.summary]
+    groups = what_if_groups(report)
+    if len(groups) > 1:
+        labels: list[list[str]] = []
+        cells: list[list[str]] = []
+        ends = set()
+        for group in groups:
+            group_cells = group.cells()
+            for i, (metric, _, _) in enumerate(WHAT_IF_ROWS):
+                name = group.name if i == 0 else ""
+                if i == 1 and group.tensors > 1:
+                    name = f"({group.tensors} tensors)"
+                labels.append([name, metric])
+                cells.append(group_cells[i])
+            ends.add(len(labels) - 1)
+        title = f"What if: recipes side by side, per tensor group ({BEST} best per row)"
+        tables.append(
+            _fit(
+                title, labels, ["tensor group", "metric"], recipes, cells, width, section_ends=ends
+            )
+        )
+    labels, recipes, cells = what_if_cells(report)
+    title = f"What if: recipes side by side, all tensors ({BEST} best per row)"
+    tables.append(_fit(title, labels, ["metric"], recipes, cells, width))
+    return tables
+
+
 def _skipped(report: Report, width: int) -> Table:
     table = Table(title="Skipped", title_justify="left")
     table.add_column("tensor", no_wrap=True)
@@ -292,9 +329,7 @@ def render_table(report: Report, console: Console) -> None:
     parts.extend(block_scale_bars(report))
     if len(report.summary) > 1:
         parts.append(_comparison(report, width))
-        labels, recipes, cells = what_if_cells(report)
-        title = f"What if: recipes side by side, all tensors ({BEST} best per row)"
-        parts.append(_fit(title, labels, ["metric"], recipes, cells, width))
+        parts.extend(_what_if_tables(report, width))
     if report.skipped:
         parts.append(_skipped(report, width))
     console.print(Group(*parts))
