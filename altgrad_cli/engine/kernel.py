@@ -320,17 +320,22 @@ def update_format(
     """Add one prepared chunk to one format's partial statistics."""
     counts = acc.counts
     b, a, n = chunk.before, chunk.after, chunk.n
-    yb = b if s_before is None else b / s_before
-    ya = a if s_after is None else a / s_after
+    per_element = s_before is not None and s_before.dim() != 0
+    inverse32 = _power_of_two_inverse(s_before) if per_element else None
+    if inverse32 is not None:  # x·(1/s) is x/s, both correctly rounded, when 1/s is exact
+        yb = b * inverse32
+        ya = a * inverse32 if s_after is s_before else a / s_after
+    else:
+        yb = b if s_before is None else b / s_before
+        ya = a if s_after is None else a / s_after
     top_b = _scaled_absmax(chunk.absmax_before, s_before, yb.dtype)
     top_a = _scaled_absmax(chunk.absmax_after, s_after, ya.dtype)
     code_b = encode_scaled(yb, fmt, saturate=top_b is None or top_b > fmt.max)
     code_a = encode_scaled(ya, fmt, saturate=top_a is None or top_a > fmt.max)
     wide = torch.int16 if code_b.dtype == torch.int8 else torch.int32
     steps = (code_a.to(wide) - code_b).abs_()
-    per_element = s_before is not None and s_before.dim() != 0
     s64 = s_before.to(torch.float64) if per_element else None
-    inverse = _power_of_two_inverse(s_before, s64) if per_element else None
+    inverse = inverse32.to(torch.float64) if inverse32 is not None else None
     update_stored(
         acc.stored,
         fmt,
@@ -574,9 +579,9 @@ def _stiffness(
     inverse: Tensor | None = None,
 ) -> tuple[_Stiffness, float, float]:
     """(S, its mean, its M2) for the chunk's non-zero elements in float64, for any scale and
-    storage; adds S's mean, min, max and histogram to `acc`. With per-element scales that are all
-    powers of two (`inverse` = 1/s, exact), S is one too and W = 1/S is exact: sums of x/S become
-    dot products, as with one scale."""
+    storage; adds S's mean, min, max and histogram to `acc`. Sums of x/S are dot products with
+    W = 1/S: exact when the scales are powers of two (`inverse` = 1/s, exact; S is one too), else
+    within an ULP per term, as the float64 sum itself is."""
     n = yb.numel()
     low_exp = fmt.emin - fmt.mantissa_bits  # log2 P in bin 0 (emin is 0 for fixed point)
     index = None if fmt.is_fixed_point else _exponent_index(yb, fmt)
@@ -609,15 +614,17 @@ def _stiffness(
     low, high = torch.aminmax(values)
     _, mean, m2 = _centered(values)
     acc.stiffness.merge(Mean(n, mean * n, float(low), float(high)))
-    return _Stiffness(values, weight, None if weight is None else 1.0), mean, m2
+    if weight is None:  # one division for the three sums of x/S, each then a dot product
+        weight = torch.reciprocal(values)
+    return _Stiffness(values, weight, 1.0), mean, m2
 
 
-def _power_of_two_inverse(s: Tensor, s64: Tensor) -> Tensor | None:
-    """1/s in float64 when every s is a normal float32 power of two (E8M0 block scales: no
-    mantissa bits), so exact and x/s = x·(1/s) bit for bit; else None."""
+def _power_of_two_inverse(s: Tensor) -> Tensor | None:
+    """1/s when every s is a normal float32 power of two (E8M0 block scales: no mantissa bits):
+    exact (2^-127 included, a subnormal power of two), so x/s = x·(1/s) bit for bit; else None."""
     if s.dtype != torch.float32 or bool(torch.any(s.view(torch.int32) & 0x007FFFFF)):
         return None
-    return torch.reciprocal(s64)
+    return torch.reciprocal(s)
 
 
 def _add_stiffness_ratios(
