@@ -8,7 +8,7 @@ chunk size, not on the number of checkpoints or their size.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 
 from altgrad_cli.engine.parallel import ChunkPool, available_cores, one_torch_thread
@@ -17,7 +17,7 @@ from altgrad_cli.engine.trajectory import Recipe, TrajectoryCounts, accumulate_t
 from altgrad_cli.errors import UsageError
 from altgrad_cli.io.checkpoint import Checkpoint
 from altgrad_cli.io.regex import any_of
-from altgrad_cli.io.series import align_tensors
+from altgrad_cli.io.series import Track, align_tensors
 from altgrad_cli.numerics.formats import Format
 from altgrad_cli.numerics.recipes import get_recipe
 from altgrad_cli.numerics.scaling import ScaleMode, parse_scaling
@@ -84,6 +84,8 @@ def trajectory(
     worst: int = 5,
     progress: Progress | None = None,
     threads: int | None = None,
+    dask: str | None = None,
+    dask_timeout: float = 10.0,
 ) -> TrajectoryReport:
     """Follow every element's code over checkpoints C0 … Cn (n+1 >= 3, in step order) under each
     format: flips per step, frozen and ever-flipped shares, flip-backs (oscillation), path
@@ -92,7 +94,8 @@ def trajectory(
     checkpoint's own scale for AFTER, i.e. `rescale`, unless `fixed_scale`).
 
     Chunks run on `threads` cores (default: every core this process may use); the numbers do
-    not depend on it, nor on `chunk_size`."""
+    not depend on it, nor on `chunk_size`. With `dask` (a scheduler address, or "local" for a
+    LocalCluster of `threads` worker processes) every tensor is a Dask task: the same report."""
     paths = [str(p) for p in checkpoints]
     include, exclude = any_of(include, "--include"), any_of(exclude, "--exclude")
     if len(paths) < 3:
@@ -100,6 +103,11 @@ def trajectory(
     recipes = _recipes(formats, scaling)
     if chunk_size < 1:
         raise UsageError(f"--chunk-size must be at least 1, got {chunk_size}")
+    if dask not in (None, "local") and threads is not None:
+        raise UsageError(
+            "--threads sets the worker count of --dask local; a cluster's workers have their own "
+            "(dask worker --nworkers)"
+        )
     threads = available_cores() if threads is None else threads
     if threads < 1:
         raise UsageError(f"--threads must be at least 1, got {threads}")
@@ -110,36 +118,40 @@ def trajectory(
     steps = len(paths) - 1
     layers: list[TrajectoryLayer] = []
     totals = {r.name: TrajectoryCounts(steps) for r in recipes}
-    with (
-        one_torch_thread(),  # before the pool starts, so its threads begin with one torch thread
-        ChunkPool(threads) if threads > 1 else nullcontext() as pool,
-    ):
-        for done, track in enumerate(tracks, start=1):
-            tensors = [c.tensor(info.name) for c, info in zip(ckpts, track.infos, strict=True)]
-            counts, scales = accumulate_trajectory(
-                tensors, recipes, fixed_scale=fixed_scale, chunk=chunk_size, pool=pool
-            )
-            del tensors
-            first = track.infos[0]
-            for recipe in recipes:
-                totals[recipe.name].merge(counts[recipe.name])
-                layers.append(
-                    TrajectoryLayer(
-                        name=track.name,
-                        format=recipe.name,
-                        dtype=first.dtype,
-                        shape=first.shape,
-                        scale=TrajectoryScale(
-                            scales[recipe.name]["mode"],
-                            None
-                            if scales[recipe.name]["values"] is None
-                            else tuple(scales[recipe.name]["values"]),
-                        ),
-                        metrics=_metrics(counts[recipe.name]),
-                    )
+    if dask is None:
+        results = _in_process(ckpts, tracks, recipes, fixed_scale, chunk_size, threads, progress)
+    else:
+        from altgrad_cli.engine.distributed import trajectory_on_dask
+
+        results = trajectory_on_dask(
+            [(track.name, track.infos) for track in tracks],
+            recipes,
+            fixed_scale=fixed_scale,
+            chunk=chunk_size,
+            address=dask,
+            workers=threads,
+            timeout=dask_timeout,
+            progress=progress,
+        )
+    for track, (counts, scales) in zip(tracks, results, strict=True):
+        first = track.infos[0]
+        for recipe in recipes:
+            totals[recipe.name].merge(counts[recipe.name])
+            layers.append(
+                TrajectoryLayer(
+                    name=track.name,
+                    format=recipe.name,
+                    dtype=first.dtype,
+                    shape=first.shape,
+                    scale=TrajectoryScale(
+                        scales[recipe.name]["mode"],
+                        None
+                        if scales[recipe.name]["values"] is None
+                        else tuple(scales[recipe.name]["values"]),
+                    ),
+                    metrics=_metrics(counts[recipe.name]),
                 )
-            if progress is not None:
-                progress(done, len(tracks), track.name)
+            )
     summary = []
     for recipe in recipes:
         own = sorted(
@@ -177,7 +189,9 @@ def trajectory(
                     include=include,
                     exclude=exclude,
                     chunk_size=chunk_size,
-                    threads=threads,
+                    threads=threads if dask in (None, "local") else None,
+                    dask=dask,
+                    dask_timeout=dask_timeout,
                 ),
             )
             for t in range(1, len(paths))
@@ -200,3 +214,28 @@ def trajectory(
         skipped=tuple(skipped),
         per_step=steps_reports,
     )
+
+
+def _in_process(
+    ckpts: Sequence[Checkpoint],
+    tracks: Sequence[Track],
+    recipes: tuple[Recipe, ...],
+    fixed_scale: bool,
+    chunk_size: int,
+    threads: int,
+    progress: Progress | None,
+) -> Iterator[tuple[dict[str, TrajectoryCounts], dict[str, dict]]]:
+    """(counts, scale summary) of each track in order, chunks on this process's threads."""
+    with (
+        one_torch_thread(),  # before the pool starts, so its threads begin with one torch thread
+        ChunkPool(threads) if threads > 1 else nullcontext() as pool,
+    ):
+        for done, track in enumerate(tracks, start=1):
+            tensors = [c.tensor(info.name) for c, info in zip(ckpts, track.infos, strict=True)]
+            result = accumulate_trajectory(
+                tensors, recipes, fixed_scale=fixed_scale, chunk=chunk_size, pool=pool
+            )
+            del tensors
+            if progress is not None:
+                progress(done, len(tracks), track.name)
+            yield result

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -23,6 +24,7 @@ distributed = pytest.importorskip(
     "distributed", reason="Dask distributed is not installed (pip install 'altgrad-cli[dask]')"
 )
 
+import altgrad_cli.engine.distributed as distributed_engine  # noqa: E402
 from altgrad_cli.cli.app import app  # noqa: E402
 from altgrad_cli.engine.distributed import Job, local_cluster, run_on_dask  # noqa: E402
 from altgrad_cli.engine.tensor import RANGE_CHUNKS, chunk_ranges  # noqa: E402
@@ -33,6 +35,7 @@ from altgrad_cli.numerics.recipes import get_recipe  # noqa: E402
 from altgrad_cli.numerics.scaling import parse_scaling  # noqa: E402
 from altgrad_cli.pipeline import analyze  # noqa: E402
 from altgrad_cli.report.render.json_out import render_json  # noqa: E402
+from altgrad_cli.trajectories import trajectory  # noqa: E402
 
 SAMPLE = [f"sample_checkpoints/{side}.safetensors" for side in ("before", "after")]
 GRADS = "sample_checkpoints/grads.safetensors"
@@ -212,6 +215,71 @@ def test_worker_seeing_another_file_at_the_path_says_so(cluster, sharded, tmp_pa
             list(run_on_dask(pairs, job, address=cluster.scheduler_address, workers=2))
     finally:
         os.replace(kept, shard)
+
+
+# ----------------------------------------------------------------------------- trajectory
+
+TRAJECTORY = sorted(
+    str(p)
+    for p in __import__("pathlib").Path("sample_checkpoints/trajectory").glob("*.safetensors")
+)
+
+
+def run_trajectory(*args: str):
+    return CliRunner().invoke(app, ["trajectory", *map(str, args)], env={"COLUMNS": "200"})
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["-f", "e4m3fn", "-f", "e2m1"],
+        ["-f", "mxfp4", "--fixed-scale", "--per-step"],
+    ],
+    ids=["own-scales", "fixed-scale-per-step"],
+)
+def test_trajectory_on_a_cluster_is_byte_identical(cluster, options):
+    assert len(TRAJECTORY) >= 3
+    args = [*TRAJECTORY, "-o", "json", "--chunk-size", "4096", *options]
+    here = run_trajectory(*args, "--threads", "1")
+    there = run_trajectory(*args, "--dask", cluster.scheduler_address)
+    assert here.exit_code == 0, here.output
+    assert there.exit_code == 0, there.output
+    assert there.stdout == here.stdout
+    assert json.loads(there.stdout)["layers"]
+
+
+def test_trajectory_local_cluster_and_its_errors(tmp_path):
+    args = [*TRAJECTORY[:3], "-o", "json"]
+    here = run_trajectory(*args, "--threads", "1")
+    there = run_trajectory(*args, "--threads", "2", "--dask", "local")
+    assert there.exit_code == 0, there.output
+    assert there.stdout == here.stdout
+    wrong = run_trajectory(*args, "--dask", "tcp://127.0.0.1:8786", "--threads", "2")
+    assert wrong.exit_code == 2 and "--threads sets the worker count" in wrong.stderr
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    gone = run_trajectory(*args, "--dask", f"tcp://127.0.0.1:{port}", "--dask-timeout", "1")
+    assert gone.exit_code == 3 and gone.stdout == ""
+    assert len(gone.stderr.strip().splitlines()) == 1 and "cannot reach" in gone.stderr
+
+
+def test_trajectory_worker_that_cannot_read_a_path_names_it(cluster, tmp_path, monkeypatch):
+    copies = []
+    for path in TRAJECTORY[:3]:
+        copies.append(tmp_path / os.path.basename(path))
+        shutil.copy(path, copies[-1])
+    original = distributed_engine.trajectory_on_dask
+
+    def plan_then_remove(tracks, *args, **kwargs):
+        """The client has planned with every file present; the workers find the last one gone."""
+        copies[-1].unlink()
+        return original(tracks, *args, **kwargs)
+
+    monkeypatch.setattr(distributed_engine, "trajectory_on_dask", plan_then_remove)
+    with pytest.raises(InputError) as error:
+        trajectory(copies, dask=cluster.scheduler_address)
+    assert str(copies[-1]) in str(error.value) and "on worker tcp://" in str(error.value)
 
 
 def test_killed_worker_tasks_are_retried_and_the_json_is_identical(cluster, client, sharded):

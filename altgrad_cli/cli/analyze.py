@@ -27,6 +27,8 @@ from altgrad_cli.cli.check import (
 from altgrad_cli.cli.options import (
     DEFAULT_CHUNK,
     ChunkSizeOption,
+    DaskOption,
+    DaskTimeoutOption,
     ExcludeOption,
     IncludeOption,
     OutOption,
@@ -95,18 +97,8 @@ def analyze_command(
     quiet: QuietOption = False,
     chunk_size: ChunkSizeOption = DEFAULT_CHUNK,
     threads: ThreadsOption = None,
-    dask: Annotated[
-        str | None,
-        typer.Option(
-            "--dask",
-            metavar="ADDRESS",
-            help="Run on a Dask cluster (tcp://host:8786), or 'local' for a LocalCluster of "
-            "--threads processes. Same numbers. Needs altgrad-cli[dask].",
-        ),
-    ] = None,
-    dask_timeout: Annotated[
-        float, typer.Option("--dask-timeout", help="Seconds to wait for the Dask scheduler.")
-    ] = 10.0,
+    dask: DaskOption = None,
+    dask_timeout: DaskTimeoutOption = 10.0,
     fail_if: FailIfOption = [],
     baseline: BaselineOption = None,
     fail_on_missing: FailOnMissingOption = False,

@@ -43,3 +43,16 @@ ThreadsOption = Annotated[
         "--threads", "-j", help="Cores to use (default: all available). Same numbers for any."
     ),
 ]
+
+DaskOption = Annotated[
+    str | None,
+    typer.Option(
+        "--dask",
+        metavar="ADDRESS",
+        help="Run on a Dask cluster (tcp://host:8786), or 'local' for a LocalCluster of "
+        "--threads processes. Same numbers. Needs altgrad-cli[dask].",
+    ),
+]
+DaskTimeoutOption = Annotated[
+    float, typer.Option("--dask-timeout", help="Seconds to wait for the Dask scheduler.")
+]

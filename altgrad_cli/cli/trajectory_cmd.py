@@ -16,6 +16,8 @@ from altgrad_cli.cli.check import FailIfOption, JunitOption, LayerOption, finish
 from altgrad_cli.cli.options import (
     DEFAULT_CHUNK,
     ChunkSizeOption,
+    DaskOption,
+    DaskTimeoutOption,
     ExcludeOption,
     IncludeOption,
     OutOption,
@@ -128,6 +130,8 @@ def trajectory_command(
     quiet: QuietOption = False,
     chunk_size: ChunkSizeOption = DEFAULT_CHUNK,
     threads: ThreadsOption = None,
+    dask: DaskOption = None,
+    dask_timeout: DaskTimeoutOption = 10.0,
     fail_if: FailIfOption = [],
     layer: LayerOption = None,
     junit: JunitOption = None,
@@ -159,6 +163,8 @@ def trajectory_command(
             chunk_size=chunk_size,
             progress=progress,
             threads=threads,
+            dask=dask,
+            dask_timeout=dask_timeout,
         )
     if report.skipped:
         warn(skipped_summary(report.skipped, len({r.name for r in report.layers})))

@@ -40,6 +40,8 @@ from altgrad_cli.engine.tensor import (
     scale_summaries,
     tensor_scales,
 )
+from altgrad_cli.engine.trajectory import Recipe as TrajectoryRecipe
+from altgrad_cli.engine.trajectory import TrajectoryCounts, accumulate_trajectory
 from altgrad_cli.errors import AltgradError, InputError, UsageError
 from altgrad_cli.io.checkpoint import Checkpoint, TensorInfo
 from altgrad_cli.io.pairing import Pair
@@ -417,15 +419,25 @@ def _ordered_results(
                 acc, summary = None, None
 
     try:
-        for task, future in tasks():
-            queue.append((task, future))
-            finished.add(future)
-            while len(queue) >= window:
+        with _task_errors(distributed):
+            for task, future in tasks():
+                queue.append((task, future))
+                finished.add(future)
+                while len(queue) >= window:
+                    wait_one()
+                    yield from merge_head()
+            while queue:
                 wait_one()
                 yield from merge_head()
-        while queue:
-            wait_one()
-            yield from merge_head()
+    finally:
+        client.cancel([future for _, future in queue])
+
+
+@contextmanager
+def _task_errors(distributed: Any) -> Iterator[None]:
+    """What a task raised, or what became of its workers, as the one-line errors of the CLI."""
+    try:
+        yield
     except RemoteInputError as error:
         raise InputError(error.path, f"{error.problem} (on worker {error.worker})") from None
     except distributed.KilledWorker as error:
@@ -437,5 +449,90 @@ def _ordered_results(
         raise ClusterError(
             f"lost the Dask cluster mid-run ({type(error).__name__}: {error})"
         ) from None
-    finally:
-        client.cancel([future for _, future in queue])
+
+
+# ----------------------------------------------------------------------------- trajectories
+
+
+def trajectory_task(
+    infos: tuple[TensorInfo, ...],
+    recipes: tuple[TrajectoryRecipe, ...],
+    fixed_scale: bool,
+    chunk: int,
+) -> tuple[dict[str, TrajectoryCounts], dict[str, dict]]:
+    """One tensor over every checkpoint: exactly the in-process `accumulate_trajectory`."""
+    with _on_worker():
+        files: dict[str, Checkpoint] = {}
+        tensors = [_read(info, files) for info in infos]
+        return accumulate_trajectory(tensors, recipes, fixed_scale=fixed_scale, chunk=chunk)
+
+
+def trajectory_on_dask(
+    tracks: Sequence[tuple[str, tuple[TensorInfo, ...]]],
+    recipes: tuple[TrajectoryRecipe, ...],
+    *,
+    fixed_scale: bool,
+    chunk: int,
+    address: str,
+    workers: int,
+    timeout: float = DEFAULT_TIMEOUT,
+    progress: Progress | None = None,
+) -> Iterator[tuple[dict[str, TrajectoryCounts], dict[str, dict]]]:
+    """(counts, scale summary) of each (name, infos) track, in track order, one task per tensor
+    (its checkpoints read where the task runs), a window of tasks in flight at a time."""
+    distributed = import_distributed()
+    if timeout <= 0:
+        raise UsageError(f"--dask-timeout must be positive, got {timeout:g}")
+    tracks = [
+        (name, tuple(replace(info, path=os.path.abspath(info.path)) for info in infos))
+        for name, infos in tracks
+    ]
+    with _quiet_dask(), _client(distributed, address, workers, timeout) as client:
+        _check_workers(client, address, timeout)
+        run = uuid.uuid4().hex[:12]
+        window = IN_FLIGHT_PER_THREAD * max(1, sum(client.nthreads().values()))
+        queue: deque[Any] = deque()
+        finished = distributed.as_completed(loop=client.loop, with_results=False)
+        seen: set[Any] = set()
+        names: dict[Any, str] = {}
+        done = 0
+
+        def wait_one() -> None:
+            nonlocal done
+            future = next(finished)
+            seen.add(future.key)
+            done += 1
+            if progress is not None:
+                progress(done, len(tracks), names.pop(future.key, ""))
+
+        def pop_head() -> Iterator[tuple[dict[str, TrajectoryCounts], dict[str, dict]]]:
+            while queue and queue[0].key in seen:
+                future = queue.popleft()
+                seen.discard(future.key)
+                result = future.result()
+                future.release()
+                yield result
+
+        try:
+            with _task_errors(distributed):
+                for i, (name, infos) in enumerate(tracks):
+                    future = client.submit(
+                        trajectory_task,
+                        infos,
+                        recipes,
+                        fixed_scale,
+                        chunk,
+                        key=f"altgrad-track-{i}-{run}",
+                        pure=False,
+                    )
+                    names[future.key] = name
+                    queue.append(future)
+                    finished.add(future)
+                    while len(queue) >= window:
+                        wait_one()
+                        yield from pop_head()
+                while queue:
+                    wait_one()
+                    yield from pop_head()
+        finally:
+            client.cancel(list(queue))
