@@ -314,3 +314,17 @@ def _tasks_run_twice(dask_scheduler) -> int:
         if entry[2] == "processing" and str(entry[0]).startswith("altgrad-")
     )
     return sum(n > 1 for n in starts.values())
+
+
+def test_the_fork_server_starts_once_with_our_preload():
+    """The CLI starts it before importing torch (engine/forkserver.py); starting it again is a
+    no-op, and it preloads Dask and our tasks, never pandas."""
+    import multiprocessing.forkserver as fs
+
+    from altgrad_cli.engine.forkserver import PRELOAD, start_forkserver
+
+    assert start_forkserver() is True
+    pid = fs._forkserver._forkserver_pid
+    assert pid is not None and start_forkserver() is True
+    assert fs._forkserver._forkserver_pid == pid
+    assert fs._forkserver._preload_modules == PRELOAD

@@ -38,6 +38,7 @@ from altgrad_cli.cli.options import (
     TopOption,
 )
 from altgrad_cli.cli.output import Output, emit, outputs, render, select_layers, warn
+from altgrad_cli.engine.forkserver import LOCAL, start_forkserver
 from altgrad_cli.io.output import guard_outputs
 from altgrad_cli.io.regex import any_of
 from altgrad_cli.report.checks import checks_section, evaluate, parse_rule
@@ -107,6 +108,8 @@ def analyze_command(
     debug: DebugOption = False,
 ) -> None:
     """Analyse one optimizer step: flips, stalls, ULPs, grid alignment and stiffness, per tensor and format."""
+    if dask == LOCAL:  # its worker processes import torch while this one does
+        start_forkserver()
     from altgrad_cli.pipeline import AnalysisOptions, run_analysis, tensors_without_gradient
 
     guard_outputs(outputs(out, junit, fail_if), [before, after, grads, baseline])

@@ -27,6 +27,7 @@ from altgrad_cli.cli.options import (
     TopOption,
 )
 from altgrad_cli.cli.output import Output, emit, outputs, warn
+from altgrad_cli.engine.forkserver import LOCAL, start_forkserver
 from altgrad_cli.errors import UsageError
 from altgrad_cli.io.output import guard_outputs
 from altgrad_cli.io.regex import any_of
@@ -138,6 +139,8 @@ def trajectory_command(
     debug: DebugOption = False,
 ) -> None:
     """Follow codes over 3+ checkpoints: frozen weights, oscillation (flip-backs), path efficiency."""
+    if dask == LOCAL:  # its worker processes import torch while this one does
+        start_forkserver()
     from altgrad_cli.trajectories import trajectory
 
     if len(checkpoints) < 3:

@@ -30,6 +30,7 @@ from typing import Any
 
 from torch import Tensor
 
+from altgrad_cli.engine.forkserver import LOCAL, start_forkserver
 from altgrad_cli.engine.tensor import (
     Bounds,
     TensorAccumulator,
@@ -48,8 +49,6 @@ from altgrad_cli.io.pairing import Pair
 from altgrad_cli.numerics.recipes import Recipe
 from altgrad_cli.numerics.scaling import Scale, Scaling
 
-LOCAL = "local"
-"""`--dask local`: a LocalCluster of worker processes on this machine."""
 DEFAULT_TIMEOUT = 10.0
 """Seconds to wait for the scheduler and for its first worker."""
 IN_FLIGHT_PER_THREAD = 3
@@ -308,8 +307,8 @@ def _forked_workers(distributed: Any) -> Iterator[None]:
         yield
         return
     with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
-        context = distributed.utils.get_mp_context()  # sets Dask's preload list, once
-        context.set_forkserver_preload(["distributed", __name__])  # ours instead: no pandas
+        distributed.utils.get_mp_context()  # sets Dask's preload list, once
+        start_forkserver()  # ours instead (no pandas); a no-op when the CLI started it early
         yield
 
 
