@@ -306,7 +306,14 @@ def _forked_workers(distributed: Any) -> Iterator[None]:
     if "forkserver" not in multiprocessing.get_all_start_methods():
         yield
         return
-    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+    with dask.config.set(
+        {
+            "distributed.worker.multiprocessing-method": "forkserver",
+            # the statistical profiler samples every worker's stacks each 10 ms: CPU our tasks
+            # need more on a small machine, and nobody reads its profiles here
+            "distributed.worker.profile.enabled": False,
+        }
+    ):
         distributed.utils.get_mp_context()  # sets Dask's preload list, once
         start_forkserver()  # ours instead (no pandas); a no-op when the CLI started it early
         yield

@@ -15,8 +15,9 @@ import multiprocessing.forkserver
 
 LOCAL = "local"
 """`--dask local`: a LocalCluster of worker processes on this machine."""
-PRELOAD = ["distributed", "altgrad_cli.engine.distributed"]
-"""What every worker needs imported: Dask's worker and our tasks (which import torch)."""
+PRELOAD = ["distributed", "altgrad_cli.engine.distributed", "altgrad_cli.engine.forkserver_exit"]
+"""What every worker needs imported: Dask's worker and our tasks (which import torch); and, for
+the server itself, a prompt exit once the command is done (`forkserver_exit`)."""
 
 
 def start_forkserver() -> bool:
