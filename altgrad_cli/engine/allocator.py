@@ -31,3 +31,28 @@ def keep_freed_buffers() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(
         mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
     )
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap pages back to the kernel (glibc's malloc_trim), after a phase that freed
+    large buffers the next phase will not reuse (a tensor's per-group amax arrays): with the
+    thresholds above they would otherwise stay resident. A no-op off glibc."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+_TRIM: list = []
+
+
+def _malloc_trim():
+    if not _TRIM:
+        function = None
+        if sys.platform.startswith("linux"):
+            try:
+                function = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+                function.argtypes = [ctypes.c_size_t]
+            except (OSError, AttributeError):
+                function = None
+        _TRIM.append(function)
+    return _TRIM[0]
