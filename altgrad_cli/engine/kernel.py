@@ -359,6 +359,11 @@ def update_format(
     if plan is not None:
         _update_one_scale(acc, fmt, chunk, yb, steps, error, plan, s_value)
         return
+    if inverse32 is not None:
+        s_exponent = _power_of_two_plan(fmt, yb, s_before, chunk)
+        if s_exponent is not None:
+            _update_power_of_two_scales(acc, chunk, steps, error, s_exponent)
+            return
     flips = int(torch.count_nonzero(steps))
     flipped = steps != 0 if flips else None
     counts.flips += flips
@@ -412,17 +417,85 @@ def _update_one_scale(
     inputs = chunk.inputs
     big = inputs.twice_delta >= stiff.values  # |Δ|/S ≥ 1/2, exactly (always, for zero weights)
 
-    n, span = chunk.n, fmt.emax - fmt.emin + 1
+    n = chunk.n
+    low = (fmt.emin + 127) << 7
+    flips, n_big, big_flipped, exponent_bins = _joint_counts(
+        acc, chunk, steps, field >> 16, big, low, fmt.emax - fmt.emin + 1
+    )
+    if zero is not None:  # zero weights: all in exponent bin 0 and predicted to flip
+        zero_flips = int(torch.count_nonzero((steps != 0) & zero)) if flips else 0
+        n_zero = n - chunk.n_nonzero
+        exponent_bins[0] -= n_zero
+        n_big, big_flipped, flips = n_big - n_zero, big_flipped - zero_flips, flips - zero_flips
+    if chunk.n_nonzero == 0:
+        return
+    moments = _one_scale_moments(acc, fmt, exponent_bins, s)
+    _add_stiffness_ratios(acc, chunk, inputs, stiff, moments, error, flips, n_big, big_flipped)
+
+
+def _update_power_of_two_scales(
+    acc: FormatAccumulator, chunk: Chunk, steps: Tensor, error: Tensor, s_exponent: Tensor
+) -> None:
+    """Many scales, all powers of two (MX blocks), float32, no zero weight: S = 2^(k − M + e_s)
+    is one float32 power of two per element, its bits y's exponent field plus s's, so it is built
+    by integer adds and 1/S by one integer subtraction, both exact; the counts and S's moments
+    come from one joint histogram keyed by S's exponent, as in `_update_one_scale`.
+    `s_exponent` holds S's bits already (see `_power_of_two_plan`)."""
+    values32 = s_exponent.view(torch.float32)
+    weight32 = ((254 << 23) - s_exponent).view(torch.float32)  # 1/S: exponent negated, exact
+    stiff = _Stiffness(values32.to(torch.float64), weight32.to(torch.float64), 1.0, values32)
+    big = chunk.inputs.twice_delta >= stiff.values
+    flips, n_big, big_flipped, bins = _joint_counts(
+        acc, chunk, steps, s_exponent >> 16, big, 0, 256
+    )
+    moments = _binned_moments(acc, bins, -127, 1.0)  # bin b holds S = 2^(b − 127)
+    _add_stiffness_ratios(
+        acc, chunk, chunk.inputs, stiff, moments, error, flips, n_big, big_flipped
+    )
+
+
+def _power_of_two_plan(fmt: Format, yb: Tensor, s: Tensor, chunk: Chunk) -> Tensor | None:
+    """S's float32 bits for `_update_power_of_two_scales`, or None where that path does not
+    apply: y not float32, fixed point, an emin below float32's normal range, a zero weight, or
+    scales for which S or 1/S would leave float32's normal range."""
+    if (
+        yb.dtype != torch.float32
+        or fmt.is_fixed_point
+        or fmt.emin < -126
+        or chunk.nonzero is not None
+    ):
+        return None
+    low, high = (int(v) >> 23 for v in torch.aminmax(s.view(torch.int32)))  # biased exponents
+    mantissa = fmt.mantissa_bits
+    e_low, e_high = low - 127, high - 127
+    if not (e_low + fmt.emin - mantissa - 1 >= -126 and e_high + fmt.emax - mantissa <= 126):
+        return None
+    return _exponent_field(yb, fmt).add_(s.view(torch.int32)).sub_((127 + mantissa) << 23)
+
+
+def _joint_counts(
+    acc: FormatAccumulator,
+    chunk: Chunk,
+    steps: Tensor,
+    exponent_code: Tensor,
+    big: Tensor,
+    low: int,
+    span: int,
+) -> tuple[int, int, int, Tensor]:
+    """(flips, n_big, big_flipped, count per exponent bin) from one joint histogram of exponent
+    bin × predicted flip × updated × min(steps, 16); adds the grid steps and flip counts to
+    `acc`. `exponent_code` is the biased exponent · 128 (an exponent field >> 16), `low` the
+    code of bin 0 and `span` the number of bins."""
+    n = chunk.n
     steps_max = int(steps.max())
     acc.steps_max = max(acc.steps_max, steps_max)
     if steps_max >= 16:  # the histogram clamps at 16; else the sum comes from it
         wide_enough = steps_max * n < 2**31
         acc.counts.steps_sum += int(steps.sum(dtype=torch.int32 if wide_enough else torch.int64))
     # index = biased exponent · 128 + predicted flip · 64 + updated · 32 + min(steps, 16)
-    index = (field >> 16).add_(steps.clamp_(max=16))
+    index = exponent_code.add_(steps.clamp_(max=16))
     index.add_(chunk.updated, alpha=32).add_(big, alpha=64)
-    low = (fmt.emin + 127) << 7
-    joint = torch.bincount(index, minlength=(fmt.emax + 128) << 7)[low:].view(span, 2, 2, 32)
+    joint = torch.bincount(index, minlength=low + (span << 7))[low:].view(span, 2, 2, 32)
     by_class = joint.sum(dim=0).tolist()  # [big][updated][steps]
     grid_steps = [sum(by_class[x][u][k] for x in (0, 1) for u in (0, 1)) for k in range(17)]
     acc.grid_steps.counts += torch.tensor(grid_steps)
@@ -433,16 +506,7 @@ def _update_one_scale(
     big_flipped = n_big - by_class[1][0][0] - by_class[1][1][0]
     acc.counts.flips += flips
     acc.counts.flips_on_updates += sum(by_class[0][1][1:]) + sum(by_class[1][1][1:])
-    exponent_bins = joint.sum(dim=(1, 2, 3))
-    if zero is not None:  # zero weights: all in exponent bin 0 and predicted to flip
-        zero_flips = int(torch.count_nonzero((steps != 0) & zero)) if flips else 0
-        n_zero = n - chunk.n_nonzero
-        exponent_bins[0] -= n_zero
-        n_big, big_flipped, flips = n_big - n_zero, big_flipped - zero_flips, flips - zero_flips
-    if chunk.n_nonzero == 0:
-        return
-    moments = _one_scale_moments(acc, fmt, exponent_bins, s)
-    _add_stiffness_ratios(acc, chunk, inputs, stiff, moments, error, flips, n_big, big_flipped)
+    return flips, n_big, big_flipped, joint.sum(dim=(1, 2, 3))
 
 
 def _grid_error(abs_before: Tensor, grid: Tensor, s: Tensor, s64: Tensor | None = None) -> Tensor:
@@ -559,7 +623,13 @@ def _one_scale_moments(
 ) -> tuple[float, float]:
     """S's mean and M2 from the exponent histogram (one S per bin); adds mean, min, max and the
     histogram of floor(log2 S) to `acc`."""
-    low_exp = fmt.emin - fmt.mantissa_bits  # log2 P in bin 0 (emin is 0 for fixed point)
+    return _binned_moments(acc, bins, fmt.emin - fmt.mantissa_bits, s)  # log2 P in bin 0
+
+
+def _binned_moments(
+    acc: FormatAccumulator, bins: Tensor, low_exp: int, s: float
+) -> tuple[float, float]:
+    """The same for bins i holding S = s · 2^(low_exp + i)."""
     occupied = [(math.ldexp(s, low_exp + i), c) for i, c in enumerate(bins.tolist()) if c]
     n = sum(c for _, c in occupied)
     mean = math.fsum(level * c for level, c in occupied) / n
