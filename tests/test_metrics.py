@@ -189,6 +189,14 @@ def test_metrics_match_whole_tensor_reference(fmt_name, scaling, clean):
     else:
         assert record["grad_stiffness"]["correlation"] == 0.0
     assert record["stiffness"]["max"] == pytest.approx(stiff.max(), rel=1e-12)
+    if stiff.size:
+        assert record["stiffness"]["min"] == pytest.approx(stiff.min(), rel=1e-12)
+    # the histogram per floor(log2 S), and the zero weights on their own
+    levels, counts = np.unique(np.floor(np.log2(stiff)).astype(int), return_counts=True)
+    want_hist = {str(k): int(c) for k, c in zip(levels, counts, strict=True)}
+    if ref["stiffness.zero"]:
+        want_hist["zero"] = ref["stiffness.zero"]
+    assert record["stiffness"]["histogram"] == want_hist
     assert record["flips_on_updates"] + record["flips_without_update"] == record["flips"]
     assert 0.0 <= record["stall_ratio"] <= 1.0
 

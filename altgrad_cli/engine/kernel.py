@@ -359,10 +359,12 @@ def update_format(
     if plan is not None:
         _update_one_scale(acc, fmt, chunk, yb, steps, error, plan, s_value)
         return
-    if inverse32 is not None:
-        s_exponent = _power_of_two_plan(fmt, yb, s_before, chunk)
-        if s_exponent is not None:
-            _update_power_of_two_scales(acc, chunk, steps, error, s_exponent)
+    if per_element:
+        stiffness_bits = _many_scales_plan(fmt, yb, s_before, chunk)
+        if stiffness_bits is not None:
+            _update_many_scales(
+                acc, chunk, steps, error, stiffness_bits, power_of_two=inverse32 is not None
+            )
             return
     flips = int(torch.count_nonzero(steps))
     flipped = steps != 0 if flips else None
@@ -433,42 +435,65 @@ def _update_one_scale(
     _add_stiffness_ratios(acc, chunk, inputs, stiff, moments, error, flips, n_big, big_flipped)
 
 
-def _update_power_of_two_scales(
-    acc: FormatAccumulator, chunk: Chunk, steps: Tensor, error: Tensor, s_exponent: Tensor
+def _update_many_scales(
+    acc: FormatAccumulator,
+    chunk: Chunk,
+    steps: Tensor,
+    error: Tensor,
+    stiffness_bits: Tensor,
+    power_of_two: bool,
 ) -> None:
-    """Many scales, all powers of two (MX blocks), float32, no zero weight: S = 2^(k − M + e_s)
-    is one float32 power of two per element, its bits y's exponent field plus s's, so it is built
-    by integer adds and 1/S by one integer subtraction, both exact; the counts and S's moments
-    come from one joint histogram keyed by S's exponent, as in `_update_one_scale`.
-    `s_exponent` holds S's bits already (see `_power_of_two_plan`)."""
-    values32 = s_exponent.view(torch.float32)
-    weight32 = ((254 << 23) - s_exponent).view(torch.float32)  # 1/S: exponent negated, exact
-    stiff = _Stiffness(values32.to(torch.float64), weight32.to(torch.float64), 1.0, values32)
-    big = chunk.inputs.twice_delta >= stiff.values
-    flips, n_big, big_flipped, bins = _joint_counts(
-        acc, chunk, steps, s_exponent >> 16, big, 0, 256
-    )
-    moments = _binned_moments(acc, bins, -127, 1.0)  # bin b holds S = 2^(b − 127)
+    """One scale per element (blocks, tiles, NVFP4), float32, no zero weight: S = s · 2^(k − M)
+    is a normal float32, its bits y's exponent field plus s's bits (exact: a power of two times
+    s), and the counts come from one joint histogram keyed by S's exponent, as in
+    `_update_one_scale`. With power-of-two scales (MX) S is a power of two: 1/S is exact too and
+    S's moments come from that histogram; otherwise from the values. `stiffness_bits` holds S's
+    bits (see `_many_scales_plan`)."""
+    values32 = stiffness_bits.view(torch.float32)
+    values = values32.to(torch.float64)
+    if power_of_two:
+        weight = ((254 << 23) - stiffness_bits).view(torch.float32).to(torch.float64)  # exact
+        exponent_code = stiffness_bits >> 16  # no mantissa bits below the exponent
+    else:
+        weight = torch.reciprocal(values)
+        exponent_code = (stiffness_bits & 0x7F800000) >> 16
+    stiff = _Stiffness(values, weight, 1.0, values32)
+    big = chunk.inputs.twice_delta >= values
+    flips, n_big, big_flipped, bins = _joint_counts(acc, chunk, steps, exponent_code, big, 0, 256)
+    if power_of_two:
+        moments = _binned_moments(acc, bins, -127, 1.0)  # bin b holds S = 2^(b − 127)
+    else:
+        acc.stiffness_hist.add_counts(-127, bins)  # bin b: floor(log2 S) = b − 127
+        low, high = (float(v) for v in torch.aminmax(values))
+        mean = float(values.sum()) / chunk.n
+        m2 = float(torch.dot(centered := values - mean, centered)) if low != high else 0.0
+        acc.stiffness.merge(Mean(chunk.n, mean * chunk.n, low, high))
+        moments = (mean, m2)
     _add_stiffness_ratios(
         acc, chunk, chunk.inputs, stiff, moments, error, flips, n_big, big_flipped
     )
 
 
-def _power_of_two_plan(fmt: Format, yb: Tensor, s: Tensor, chunk: Chunk) -> Tensor | None:
-    """S's float32 bits for `_update_power_of_two_scales`, or None where that path does not
-    apply: y not float32, fixed point, an emin below float32's normal range, a zero weight, or
-    scales for which S or 1/S would leave float32's normal range."""
+def _many_scales_plan(fmt: Format, yb: Tensor, s: Tensor, chunk: Chunk) -> Tensor | None:
+    """S's float32 bits for `_update_many_scales`, or None where that path does not apply: y or
+    s not float32, fixed point, an emin below float32's normal range, a zero weight, or scales
+    for which S or 1/S would leave float32's normal range."""
     if (
         yb.dtype != torch.float32
+        or s.dtype != torch.float32
         or fmt.is_fixed_point
         or fmt.emin < -126
         or chunk.nonzero is not None
     ):
         return None
-    low, high = (int(v) >> 23 for v in torch.aminmax(s.view(torch.int32)))  # biased exponents
+    low, high = (int(v) >> 23 for v in torch.aminmax(s.view(torch.int32)))  # s > 0: in order
     mantissa = fmt.mantissa_bits
     e_low, e_high = low - 127, high - 127
-    if not (e_low + fmt.emin - mantissa - 1 >= -126 and e_high + fmt.emax - mantissa <= 126):
+    if not (
+        low >= 1
+        and e_low + fmt.emin - mantissa - 1 >= -126
+        and e_high + 1 + fmt.emax - mantissa <= 126
+    ):
         return None
     return _exponent_field(yb, fmt).add_(s.view(torch.int32)).sub_((127 + mantissa) << 23)
 
