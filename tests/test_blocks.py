@@ -4,6 +4,7 @@ written here, invariant under chunk size and thread count, merged exactly into s
 from __future__ import annotations
 
 import json
+import math
 from fractions import Fraction
 
 import ml_dtypes
@@ -15,6 +16,7 @@ from typer.testing import CliRunner
 
 from altgrad_cli import analyze, get_format, tensor_metrics
 from altgrad_cli.cli.app import app
+from altgrad_cli.numerics.scaling import coarser_amax, group_amax, parse_scaling
 
 F32 = np.float32
 
@@ -231,3 +233,33 @@ def test_fail_if_on_blocks_skips_single_scale_records(checkpoint):
     report = json.loads(result.stdout)
     statuses = {r["format"]: r["status"] for r in report["checks"]["results"]}
     assert statuses == {"e2m1fn@block:32:floor": "fail", "e4m3fn": "skip"}
+
+
+@pytest.mark.parametrize(
+    ("shape", "fine", "coarse"),
+    [
+        ((64, 256), 16, "block:32"),
+        ((300, 520), 16, "block:128x128"),  # partial tiles at both edges
+        ((5, 7), 1, "block:2x3"),
+        ((3, 10, 14), 2, "block:4x6:rceil"),  # leading dims: tiles never cross a matrix
+        ((37,), 4, "block:12"),  # a 1-D tensor is one row; a partial last block
+        ((0, 32), 16, "block:32"),
+        ((4, 0), 16, "block:32"),
+    ],
+)
+def test_coarser_amax_equals_a_pass_over_the_elements(shape, fine, coarse):
+    """Wider blocks and tiles are unions of narrower blocks: their amax from the narrower amax
+    is the direct pass's, bit for bit, inf included, NaN where it has NaN (so recipes share one
+    pass)."""
+    g = torch.Generator().manual_seed(len(shape) + fine)
+    numel = math.prod(shape)
+    x = torch.randn(shape, generator=g) * torch.logspace(-8, 8, numel).reshape(shape)
+    if x.numel() > 20:
+        x.view(-1)[7] = float("nan")
+        x.view(-1)[-3] = float("-inf")
+    direct = group_amax(x, coarse)
+    derived = coarser_amax(group_amax(x, f"block:{fine}"), fine, parse_scaling(coarse), shape)
+    assert derived.shape == direct.shape and derived.dtype == direct.dtype
+    nan = torch.isnan(direct)
+    assert torch.equal(torch.isnan(derived), nan)  # a NaN's payload is not a number to keep
+    assert torch.equal(derived[~nan].view(torch.int32), direct[~nan].view(torch.int32))

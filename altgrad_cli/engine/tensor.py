@@ -37,6 +37,7 @@ from altgrad_cli.numerics.scaling import (
     Scale,
     ScaleMode,
     Scaling,
+    coarser_amax,
     group_amax,
     matrix_view,
     nvfp4_tensor_scale,
@@ -330,11 +331,25 @@ def tensor_scales(
     dtype = working_dtype(before.dtype)
     shape = tuple(before.shape)
     amax: dict[tuple, tuple[Tensor, Tensor]] = {}
-    for recipe in recipes:
-        sc = recipe.scaling
-        if sc.mode is not ScaleMode.NONE and sc.grouping not in amax:
+    fine: dict[int, tuple[Tensor, Tensor]] = {}  # 1-D block amaxes by width, to coarsen
+    # 1-D blocks first, narrowest first: wider blocks and tiles are unions of them
+    for sc in sorted(
+        {r.scaling.grouping: r.scaling for r in recipes}.values(),
+        key=lambda sc: (not sc.is_blocked, sc.rows, sc.cols),
+    ):
+        if sc.mode is ScaleMode.NONE:
+            continue
+        base = next((w for w in fine if sc.is_blocked and sc.cols % w == 0), None)
+        if base is not None:  # no pass over the elements: from the narrower blocks' amax
+            fb, fa = fine[base]
+            side_b = coarser_amax(fb, base, sc, shape)
+            side_a = coarser_amax(fa, base, sc, shape) if rescale else side_b
+        else:
             side_b = group_amax(before, sc)
-            amax[sc.grouping] = (side_b, group_amax(after, sc) if rescale else side_b)
+            side_a = group_amax(after, sc) if rescale else side_b
+        amax[sc.grouping] = (side_b, side_a)
+        if sc.is_blocked and sc.rows == 1 and base is None:
+            fine[sc.cols] = (side_b, side_a)
     scale_pairs: list[tuple[Scale, Scale]] = []
     for recipe in recipes:
         fmt, sc = recipe.format, recipe.scaling

@@ -275,6 +275,28 @@ def group_amax(x: Tensor, scaling: Scaling, chunk: int = AMAX_CHUNK) -> Tensor:
     return amax
 
 
+def coarser_amax(fine: Tensor, fine_cols: int, scaling: Scaling, shape: tuple[int, ...]) -> Tensor:
+    """`group_amax` of `scaling` (blocks or tiles whose width is a multiple of `fine_cols`) from
+    the amax of `fine_cols`-element 1-D blocks of the same tensor, without reading it again: a
+    coarse group is a union of fine ones, so its amax is theirs, to the bit (NaN included)."""
+    scaling = parse_scaling(scaling)
+    n, tile = scaling.cols, scaling.rows
+    if not scaling.is_blocked or n % fine_cols:
+        raise ValueError(f"{scaling} is not a union of {fine_cols}-element blocks")
+    amax = torch.zeros(_group_shape(shape, scaling), dtype=fine.dtype)
+    rows, cols, per_matrix = matrix_view(shape)
+    if rows == 0 or cols == 0:
+        return amax
+    k, blocks = n // fine_cols, -(-cols // n)
+    if fine.shape[1] < blocks * k:  # the partial last block: pad with 0, below any |x|
+        fine = torch.nn.functional.pad(fine, (0, blocks * k - fine.shape[1]))
+    per_row = fine.reshape(rows, blocks, k).amax(dim=2)
+    if tile == 1:
+        return per_row
+    index = tile_rows_of(0, rows, per_matrix, tile)[:, None].expand(-1, blocks)
+    return amax.scatter_reduce_(0, index, per_row, "amax")
+
+
 def compute_scale(x: Tensor, format: Format | str, scaling: Scaling | str | None = None) -> Scale:
     """The scales of `scaling` for `x` (float32 arithmetic, float64 for float64 `x`).
 
@@ -310,6 +332,7 @@ __all__ = [
     "ScaleMode",
     "ScaleRule",
     "Scaling",
+    "coarser_amax",
     "compute_scale",
     "group_amax",
     "matrix_view",
