@@ -316,12 +316,17 @@ def update_format(
     chunk: Chunk,
     s_before: Tensor | None,
     s_after: Tensor | None,
+    *,
+    power_of_two: bool = False,
 ) -> None:
-    """Add one prepared chunk to one format's partial statistics."""
+    """Add one prepared chunk to one format's partial statistics. `power_of_two`: every scale is
+    a power of two (E8M0 block scales), so 1/s is exact."""
     counts = acc.counts
     b, a, n = chunk.before, chunk.after, chunk.n
     per_element = s_before is not None and s_before.dim() != 0
-    inverse32 = _power_of_two_inverse(s_before) if per_element else None
+    inverse32 = None
+    if per_element and power_of_two and s_before.dtype == torch.float32:
+        inverse32 = torch.reciprocal(s_before)  # exact, 2^-127 and 2^127 included
     if inverse32 is not None:  # x·(1/s) is x/s, both correctly rounded, when 1/s is exact
         yb = b * inverse32
         ya = a * inverse32 if s_after is s_before else a / s_after
@@ -712,14 +717,6 @@ def _stiffness(
     if weight is None:  # one division for the three sums of x/S, each then a dot product
         weight = torch.reciprocal(values)
     return _Stiffness(values, weight, 1.0), mean, m2
-
-
-def _power_of_two_inverse(s: Tensor) -> Tensor | None:
-    """1/s when every s is a normal float32 power of two (E8M0 block scales: no mantissa bits):
-    exact (2^-127 included, a subnormal power of two), so x/s = x·(1/s) bit for bit; else None."""
-    if s.dtype != torch.float32 or bool(torch.any(s.view(torch.int32) & 0x007FFFFF)):
-        return None
-    return torch.reciprocal(s)
 
 
 def _add_stiffness_ratios(

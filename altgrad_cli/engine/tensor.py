@@ -36,6 +36,7 @@ from altgrad_cli.numerics.recipes import Recipe, get_recipe
 from altgrad_cli.numerics.scaling import (
     Scale,
     ScaleMode,
+    ScaleRule,
     Scaling,
     coarser_amax,
     group_amax,
@@ -111,7 +112,15 @@ class TensorAccumulator:
             return
         chunk, flat_scales = prepared
         for recipe, (s_before, s_after) in zip(self.recipes, flat_scales, strict=True):
-            update_format(self.per_format[recipe.name], recipe.format, chunk, s_before, s_after)
+            sc = recipe.scaling
+            update_format(
+                self.per_format[recipe.name],
+                recipe.format,
+                chunk,
+                s_before,
+                s_after,
+                power_of_two=sc.mode is ScaleMode.BLOCK and sc.rule is not ScaleRule.FP32,
+            )
 
     def results(self) -> dict[str, Metrics]:
         """One record per recipe, keyed by its canonical name (SPEC §Metrics)."""
