@@ -316,13 +316,16 @@ def accumulate_tensor(
     # the per-group amax arrays are done with: not held while the chunks run (for the 8M NVFP4
     # blocks of a 32000×4096 embedding, 32 MiB)
     scale_pairs = [_without_amax(pair) for pair in scale_pairs]
-    if any(not pair[0].is_single for pair in scale_pairs):
+    many = any(not pair[0].is_single for pair in scale_pairs)
+    if many:
         release_freed_memory()
     acc = accumulate_scaled(
         before, after, grad, recipes, scale_pairs, grad_eps=grad_eps, chunk=chunk, pool=pool
     )
     for name, stats in blocks.blocks.items():
         acc.blocks[name].merge(stats)
+    if many:  # the chunks' buffers too, before the next tensor's scale arrays are allocated
+        release_freed_memory()
     return acc, summaries
 
 
