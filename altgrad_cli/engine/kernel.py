@@ -14,6 +14,10 @@ calls):
 * On the common path (one scale, float32, no zero weight) every per-element class (grid steps,
   exponent, updated, predicted flip) goes into one joint histogram, and all the counts are its
   marginals: one serial pass instead of one comparison and one count each.
+* With one scale per element (blocks, tiles, NVFP4, channels), float32 and no zero weight, S is
+  built the same way, y's exponent field plus s's bits, and the same joint histogram, keyed by
+  S's exponent, gives the counts. Power-of-two scales (MX) are known from the recipe: 1/s and
+  1/S are exact, x·(1/s) replaces x/s, and S's moments come from the histogram too.
 * Counts use count_nonzero; weighted sums are float64 dot products; M2 comes from the sum of
   squares, with a two-pass fallback where that would cancel, and is exactly 0 for equal values.
 
