@@ -137,3 +137,27 @@ def test_the_table_shows_the_groups_at_80_columns(tmp_path):
     assert "per tensor group" in single.stdout  # two recipes: the table is there
     one = CliRunner().invoke(app, [*args[:5], "-f", "e4m3fn"], env={})
     assert "What if" not in one.stdout  # one recipe: nothing to compare
+
+
+def test_recipes_that_do_not_fit_go_on_in_another_table_never_dropped(tmp_path):
+    """A ★ must never point at a comparison the reader cannot see: at 80 columns the recipe
+    columns that do not fit continue in further tables, each recipe shown once per table kind."""
+    before, after, grads = _step()
+    paths = []
+    for role, state in (("b", before), ("a", after), ("g", grads)):
+        paths.append(tmp_path / f"{role}.safetensors")
+        save_file(state, str(paths[-1]))
+    recipes = ["mxfp8", "mxfp4", "nvfp4", "e2m1fn@block:32:rceil"]
+    args = ["analyze", *map(str, paths[:2]), "--grads", str(paths[2])]
+    for recipe in recipes:
+        args += ["-f", recipe]
+    text = CliRunner().invoke(app, args, env={"COLUMNS": "80"}).stdout
+    assert max(len(line) for line in text.splitlines()) <= 80
+    names = ["e4m3fn@block:32:floor", "e2m1fn@block:32:floor", "e2m1fn@nvfp4"]
+    names.append("e2m1fn@block:32:rceil")
+    overall = text[text.index("What if: recipes side by side, all tensors") :]
+    for name in names:
+        assert f"┃ {name}" in overall or f" {name} ┃" in overall, name
+    assert "of 4" in overall  # the split is said in the title
+    wide = CliRunner().invoke(app, args, env={"COLUMNS": "250"}).stdout
+    assert "of 4" not in wide  # everything fits: one table each

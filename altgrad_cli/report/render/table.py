@@ -102,6 +102,31 @@ def _fit(
     return table
 
 
+def _fit_split(
+    title: str,
+    labels: list[list[str]],
+    label_headers: list[str],
+    columns: Sequence[str],
+    cells: list[list[str]],
+    width: int,
+    **options,
+) -> list[Table]:
+    """`_fit` for tables whose columns are recipes side by side: none may be dropped (a ★ would
+    point at a comparison the reader cannot see), so the columns that do not fit go on into
+    further tables with the same rows."""
+    tables, start, total = [], 0, len(columns)
+    while start < total:
+        rest = [row[start:] for row in cells]
+        table = _fit(title, labels, label_headers, columns[start:], rest, width, **options)
+        kept = len(table.columns) - len(label_headers)
+        if kept < total - start or start:
+            shown = f"recipe {start + 1}" if kept == 1 else f"recipes {start + 1}–{start + kept}"
+            table.title = f"{title}, {shown} of {total}"
+        tables.append(table)
+        start += kept
+    return tables
+
+
 def _column_cells(
     records: Sequence[LayerRecord | SummaryRecord], keys: Sequence[str]
 ) -> list[list[str]]:
@@ -225,7 +250,7 @@ def _stiffness_bars(report: Report) -> list[Table]:
     return tables
 
 
-def _comparison(report: Report, width: int) -> Table:
+def _comparison(report: Report, width: int) -> list[Table]:
     formats = [s.format for s in report.summary]
     by_name: dict[str, dict[str, LayerRecord]] = {}
     for layer in report.layers:
@@ -242,7 +267,7 @@ def _comparison(report: Report, width: int) -> Table:
                 column[i] = "no updates"
         columns.append(column)
     cells = [list(row) for row in zip(*columns, strict=True)]
-    return _fit(
+    return _fit_split(
         "Stall ratio by recipe",
         [[n] for n in names] + [["all"]],
         ["tensor"],
@@ -272,14 +297,12 @@ def _what_if_tables(report: Report, width: int) -> list[Table]:
                 cells.append(group_cells[i])
             ends.add(len(labels) - 1)
         title = f"What if: recipes side by side, per tensor group ({BEST} best per row)"
-        tables.append(
-            _fit(
-                title, labels, ["tensor group", "metric"], recipes, cells, width, section_ends=ends
-            )
+        tables += _fit_split(
+            title, labels, ["tensor group", "metric"], recipes, cells, width, section_ends=ends
         )
     labels, recipes, cells = what_if_cells(report)
     title = f"What if: recipes side by side, all tensors ({BEST} best per row)"
-    tables.append(_fit(title, labels, ["metric"], recipes, cells, width))
+    tables += _fit_split(title, labels, ["metric"], recipes, cells, width)
     return tables
 
 
@@ -328,7 +351,7 @@ def render_table(report: Report, console: Console) -> None:
     parts.extend(_stiffness_bars(report))
     parts.extend(block_scale_bars(report))
     if len(report.summary) > 1:
-        parts.append(_comparison(report, width))
+        parts.extend(_comparison(report, width))
         parts.extend(_what_if_tables(report, width))
     if report.skipped:
         parts.append(_skipped(report, width))
