@@ -24,7 +24,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import CancelledError
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -221,21 +221,29 @@ def run_on_dask(
     """(accumulator, scale summaries) of each pair, in pair order, computed on a Dask cluster:
     the scheduler at `address`, or a LocalCluster of `workers` single-threaded processes when
     `address` is "local". `progress(done, total, name)` is called as each task finishes."""
-    distributed = import_distributed()
-    if timeout <= 0:
-        raise UsageError(f"--dask-timeout must be positive, got {timeout:g}")
     pairs = [_absolute(pair) for pair in pairs]
-    with _quiet_dask(), _client(distributed, address, workers, timeout) as client:
-        _check_workers(client, address, timeout)
+    with _cluster(address, workers, timeout) as (distributed, client):
         yield from _ordered_results(distributed, client, pairs, job, progress)
 
 
-def _absolute(pair: Pair) -> Pair:
+@contextmanager
+def _cluster(address: str, workers: int, timeout: float) -> Iterator[tuple[Any, Any]]:
+    """(the distributed module, a client) of a checked cluster, with Dask's logs quiet."""
+    distributed = import_distributed()
+    if timeout <= 0:
+        raise UsageError(f"--dask-timeout must be positive, got {timeout:g}")
+    with _quiet_dask(), _client(distributed, address, workers, timeout) as client:
+        _check_workers(client, address, timeout)
+        yield distributed, client
+
+
+def _absolute_info(info: TensorInfo | None) -> TensorInfo | None:
     """Workers run elsewhere, in another directory: they get absolute paths."""
+    return None if info is None else replace(info, path=os.path.abspath(info.path))
 
-    def fix(info: TensorInfo | None) -> TensorInfo | None:
-        return None if info is None else replace(info, path=os.path.abspath(info.path))
 
+def _absolute(pair: Pair) -> Pair:
+    fix = _absolute_info
     return replace(pair, before=fix(pair.before), after=fix(pair.after), grad=fix(pair.grad))
 
 
@@ -361,51 +369,32 @@ def _ordered_results(
     plans = [chunk_ranges(pair.before.shape, job.scalings, job.chunk) for pair in pairs]
     total = sum(1 if len(ranges) <= 1 else 1 + len(ranges) for ranges in plans)
     run = uuid.uuid4().hex[:12]  # keys of their own, never shared with another run
-    window = IN_FLIGHT_PER_THREAD * max(1, sum(client.nthreads().values()))
-    names: dict[Any, str] = {}
     scales: dict[int, Any] = {}  # a big tensor's scales, held until its last range is merged
 
-    def submit(fn: Callable, *args: Any, key: str, pair: int) -> Any:
-        future = client.submit(fn, *args, key=f"altgrad-{key}-{run}", pure=False)
-        names[future.key] = pairs[pair].name
-        return future
+    def submit(fn: Callable, *args: Any, key: str) -> Any:
+        return client.submit(fn, *args, key=f"altgrad-{key}-{run}", pure=False)
 
-    def tasks() -> Iterator[tuple[_Task, Any]]:
+    def tasks() -> Iterator[tuple[_Task, Any, str]]:
         for i, (pair, ranges) in enumerate(zip(pairs, plans, strict=True)):
             if len(ranges) <= 1:
-                yield (
-                    _Task(i, "whole", True),
-                    submit(whole_tensor_task, pair, job, key=f"tensor-{i}", pair=i),
-                )
+                future = submit(whole_tensor_task, pair, job, key=f"tensor-{i}")
+                yield _Task(i, "whole", True), future, pair.name
                 continue
-            scales[i] = submit(scales_task, pair, job, key=f"scales-{i}", pair=i)
-            yield _Task(i, "scales", False), scales[i]
+            scales[i] = submit(scales_task, pair, job, key=f"scales-{i}")
+            yield _Task(i, "scales", False), scales[i], pair.name
             for j, bounds in enumerate(ranges):
                 future = submit(
-                    range_task, pair, job, bounds, scales[i], j == 0, key=f"range-{i}-{j}", pair=i
+                    range_task, pair, job, bounds, scales[i], j == 0, key=f"range-{i}-{j}"
                 )
-                yield _Task(i, "range", j == len(ranges) - 1), future
+                yield _Task(i, "range", j == len(ranges) - 1), future, pair.name
 
-    queue: deque[tuple[_Task, Any]] = deque()  # submitted, not yet merged, in merge order
-    finished = distributed.as_completed(loop=client.loop, with_results=False)
-    seen: set[Any] = set()  # keys as_completed has reported: each is counted once, then merged
-    done = 0
     acc: TensorAccumulator | None = None
     summary: dict[str, dict] | None = None
-
-    def wait_one() -> None:
-        nonlocal done
-        future = next(finished)
-        seen.add(future.key)
-        done += 1
-        if progress is not None:
-            progress(done, total, names.pop(future.key, ""))
-
-    def merge_head() -> Iterator[tuple[TensorAccumulator, dict[str, dict]]]:
-        nonlocal acc, summary
-        while queue and queue[0][1].key in seen:
-            task, future = queue.popleft()
-            seen.discard(future.key)
+    with (
+        _task_errors(distributed),
+        closing(_in_order(distributed, client, tasks(), total, progress)) as finished,
+    ):
+        for task, future in finished:
             if task.kind == "scales":
                 if future.status != "finished":
                     future.result()  # raises what the worker raised
@@ -424,17 +413,51 @@ def _ordered_results(
                 yield acc, summary
                 acc, summary = None, None
 
+
+def _in_order(
+    distributed: Any,
+    client: Any,
+    submitted: Iterator[tuple[Any, Any, str]],
+    total: int,
+    progress: Progress | None,
+) -> Iterator[tuple[Any, Any]]:
+    """(tag, future) of each (tag, future, name) that `submitted` yields, in that order, once
+    finished: the iterator submits as it is advanced, so it is advanced a window at a time (a
+    few tasks per worker thread), keeping results finished out of order a bounded pile.
+    `progress(done, total, name)` is called as each task finishes; what is still pending when
+    the caller stops is cancelled. Errors come back from `future.result()` in the caller."""
+    window = IN_FLIGHT_PER_THREAD * max(1, sum(client.nthreads().values()))
+    queue: deque[tuple[Any, Any]] = deque()  # submitted, not yet handed back, in order
+    finished = distributed.as_completed(loop=client.loop, with_results=False)
+    seen: set[Any] = set()  # keys as_completed has reported: each is counted once
+    names: dict[Any, str] = {}
+    done = 0
+
+    def wait_one() -> None:
+        nonlocal done
+        future = next(finished)
+        seen.add(future.key)
+        done += 1
+        if progress is not None:
+            progress(done, total, names.pop(future.key, ""))
+
+    def head() -> Iterator[tuple[Any, Any]]:
+        while queue and queue[0][1].key in seen:
+            tag, future = queue.popleft()
+            seen.discard(future.key)
+            yield tag, future
+
     try:
-        with _task_errors(distributed):
-            for task, future in tasks():
-                queue.append((task, future))
-                finished.add(future)
-                while len(queue) >= window:
-                    wait_one()
-                    yield from merge_head()
-            while queue:
+        for tag, future, name in submitted:
+            names[future.key] = name
+            queue.append((tag, future))
+            finished.add(future)
+            while len(queue) >= window:
                 wait_one()
-                yield from merge_head()
+                yield from head()
+        while queue:
+            wait_one()
+            yield from head()
     finally:
         client.cancel([future for _, future in queue])
 
@@ -486,59 +509,30 @@ def trajectory_on_dask(
 ) -> Iterator[tuple[dict[str, TrajectoryCounts], dict[str, dict]]]:
     """(counts, scale summary) of each (name, infos) track, in track order, one task per tensor
     (its checkpoints read where the task runs), a window of tasks in flight at a time."""
-    distributed = import_distributed()
-    if timeout <= 0:
-        raise UsageError(f"--dask-timeout must be positive, got {timeout:g}")
-    tracks = [
-        (name, tuple(replace(info, path=os.path.abspath(info.path)) for info in infos))
-        for name, infos in tracks
-    ]
-    with _quiet_dask(), _client(distributed, address, workers, timeout) as client:
-        _check_workers(client, address, timeout)
+    tracks = [(name, tuple(map(_absolute_info, infos))) for name, infos in tracks]
+    with _cluster(address, workers, timeout) as (distributed, client):
         run = uuid.uuid4().hex[:12]
-        window = IN_FLIGHT_PER_THREAD * max(1, sum(client.nthreads().values()))
-        queue: deque[Any] = deque()
-        finished = distributed.as_completed(loop=client.loop, with_results=False)
-        seen: set[Any] = set()
-        names: dict[Any, str] = {}
-        done = 0
-
-        def wait_one() -> None:
-            nonlocal done
-            future = next(finished)
-            seen.add(future.key)
-            done += 1
-            if progress is not None:
-                progress(done, len(tracks), names.pop(future.key, ""))
-
-        def pop_head() -> Iterator[tuple[dict[str, TrajectoryCounts], dict[str, dict]]]:
-            while queue and queue[0].key in seen:
-                future = queue.popleft()
-                seen.discard(future.key)
+        submitted = (
+            (
+                None,
+                client.submit(
+                    trajectory_task,
+                    infos,
+                    recipes,
+                    fixed_scale,
+                    chunk,
+                    key=f"altgrad-track-{i}-{run}",
+                    pure=False,
+                ),
+                name,
+            )
+            for i, (name, infos) in enumerate(tracks)
+        )
+        with (
+            _task_errors(distributed),
+            closing(_in_order(distributed, client, submitted, len(tracks), progress)) as finished,
+        ):
+            for _, future in finished:
                 result = future.result()
                 future.release()
                 yield result
-
-        try:
-            with _task_errors(distributed):
-                for i, (name, infos) in enumerate(tracks):
-                    future = client.submit(
-                        trajectory_task,
-                        infos,
-                        recipes,
-                        fixed_scale,
-                        chunk,
-                        key=f"altgrad-track-{i}-{run}",
-                        pure=False,
-                    )
-                    names[future.key] = name
-                    queue.append(future)
-                    finished.add(future)
-                    while len(queue) >= window:
-                        wait_one()
-                        yield from pop_head()
-                while queue:
-                    wait_one()
-                    yield from pop_head()
-        finally:
-            client.cancel(list(queue))

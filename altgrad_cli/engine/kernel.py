@@ -350,7 +350,7 @@ def update_format(
         fmt,
         code_b,
         chunk.delta,
-        s_before,
+        s_before if s64 is None else s64,  # one float64 copy of the scales serves every use
         inverse=inverse,
         updated_index=chunk.updated_index,
         delta_updated=chunk.delta_updated,

@@ -311,8 +311,7 @@ def accumulate_tensor(
     recipes = tuple(dict.fromkeys(get_recipe(f, scaling) for f in formats))
     scale_pairs = tensor_scales(before, after, recipes, rescale=rescale)
     summaries = scale_summaries(recipes, scale_pairs)
-    blocks = TensorAccumulator(recipes, grad is not None)
-    add_block_stats(blocks, recipes, scale_pairs, rescale=rescale)
+    blocks = recipe_block_stats(recipes, scale_pairs, rescale=rescale)
     # the per-group amax arrays are done with: not held while the chunks run (for the 8M NVFP4
     # blocks of a 32000×4096 embedding, 32 MiB)
     scale_pairs = [_without_amax(pair) for pair in scale_pairs]
@@ -322,7 +321,7 @@ def accumulate_tensor(
     acc = accumulate_scaled(
         before, after, grad, recipes, scale_pairs, grad_eps=grad_eps, chunk=chunk, pool=pool
     )
-    for name, stats in blocks.blocks.items():
+    for name, stats in blocks.items():
         acc.blocks[name].merge(stats)
     if many:  # the chunks' buffers too, before the next tensor's scale arrays are allocated
         release_freed_memory()
@@ -380,10 +379,22 @@ def add_block_stats(
     rescale: bool,
 ) -> None:
     """The `blocks` statistics of every recipe with many scales, from its per-group arrays."""
-    for recipe, (s_before, s_after) in zip(recipes, scale_pairs, strict=True):
-        if not s_before.is_single:
-            stats = block_stats(s_before, s_after if rescale else None, recipe.format)
-            acc.blocks[recipe.name].merge(stats)
+    for name, stats in recipe_block_stats(recipes, scale_pairs, rescale=rescale).items():
+        acc.blocks[name].merge(stats)
+
+
+def recipe_block_stats(
+    recipes: Sequence[Recipe],
+    scale_pairs: Sequence[tuple[Scale, Scale]],
+    *,
+    rescale: bool,
+) -> dict[str, BlockStats]:
+    """BlockStats per recipe with many scales, by canonical name."""
+    return {
+        recipe.name: block_stats(s_before, s_after if rescale else None, recipe.format)
+        for recipe, (s_before, s_after) in zip(recipes, scale_pairs, strict=True)
+        if not s_before.is_single
+    }
 
 
 def scale_summaries(
