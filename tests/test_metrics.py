@@ -35,6 +35,17 @@ def _ref_codes(x: np.ndarray, fmt) -> tuple[np.ndarray, np.ndarray]:
     return round_to_grid(x.astype(np.float64), grid)
 
 
+def _overflows(y: np.ndarray, fmt) -> np.ndarray:
+    """SPEC: |y| beyond max + half the top binade's step, the tie by the even-code rule (the
+    tie leaves max when max's code is odd)."""
+    grid = enumerate_grid(fmt.exponent_bits, fmt.mantissa_bits, fmt.bias, fmt.specials)
+    top, below = float(grid[-1]), float(grid[-2])
+    threshold = top + (top - below) / 2
+    magnitude = np.abs(y.astype(np.float64))
+    tie_leaves = (grid.size - 1) % 2 == 1
+    return (magnitude > threshold) | ((magnitude == threshold) & tie_leaves)
+
+
 def _ordinals_f32(x: np.ndarray) -> np.ndarray:
     bits = x.astype(np.float32).view(np.int32).astype(np.int64)
     return np.where(bits < 0, -(bits & 0x7FFFFFFF), bits)
@@ -109,6 +120,7 @@ def _reference_record(before, after, grad, fmt_name, scaling):
         "update_stiffness.flip_flipped": int((big & flipped[nz]).sum()),
         "update_stiffness.stall_stalled": int((~big & ~flipped[nz]).sum()),
         "underflow_frac": ((b != 0) & (cb == 0)).sum() / numel,
+        "overflow_frac": _overflows(yb, fmt).sum() / numel,
     }, (stiff, np.abs(g[nz]).astype(np.float64))
 
 

@@ -274,3 +274,17 @@ def test_encode_quantize_accept_recipes_but_bare_formats_stay_unscaled():
     assert torch.equal(encode(x, recipe), encode(x, get_format("e4m3fn"), s))
     assert torch.equal(quantize(x, "mxfp8"), quantize(x, "e4m3fn", s))
     assert s.values.item() == 2.0 ** (-9 - 8)  # floor(log2 0.002) = -9
+
+
+def test_overflow_free_says_whether_any_element_can_overflow():
+    """`Scale.overflow_free` lets the kernel skip its overflow pass, so it must be True only when
+    no group's amax / s rounds beyond max: rceil and NVFP4 fit, floor clips 480 of a block
+    whose scale is 2^(8 - 8) (480 > 448 + 16), a NaN group is never known to fit."""
+    x = torch.tensor([[480.0] + [1.0] * 31, [0.5] * 32])
+    assert not compute_scale(x, "mxfp8").overflow_free  # floor: 480 / 1 is beyond 448
+    assert compute_scale(x, "e4m3fn@block:32:rceil").overflow_free
+    assert compute_scale(x, "nvfp4").overflow_free
+    assert compute_scale(x, "fp8_blockwise").overflow_free
+    assert not compute_scale(x, "e4m3fn@tensor").overflow_free  # one scale: the kernel checks
+    x[1, 3] = float("nan")
+    assert not compute_scale(x, "e4m3fn@block:32:rceil").overflow_free

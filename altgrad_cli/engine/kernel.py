@@ -36,7 +36,13 @@ import torch
 from torch import Tensor
 
 from altgrad_cli.engine.stats import BinnedCounts, CoMoments, Counters, Mean, Moments, UlpHistogram
-from altgrad_cli.engine.stored import StoredAccumulator, update_stored
+from altgrad_cli.engine.stored import (
+    TABLE_LIMIT,
+    StoredAccumulator,
+    add_stored,
+    stored_table,
+    update_stored,
+)
 from altgrad_cli.numerics.bits import F64, INT_OF_WIDTH, floor_log2, working_dtype
 from altgrad_cli.numerics.formats import Format
 from altgrad_cli.numerics.rounding import (
@@ -124,7 +130,7 @@ class Chunk:
     updated: Tensor  # bool
     n_nonzero: int
     nonzero: Tensor | None  # bool mask of before != 0; None when no element is zero
-    abs_before: Tensor  # float64 |before|
+    before64: Tensor  # float64 before, exact
     inputs: RatioInputs  # for the stiffness statistics, every element (see `over_nonzero`)
     grad_moments: CoMoments | None  # the y side (|grad|) of the correlation, over before != 0
     grad_centered_sum: float  # sum of |grad| - its mean over before != 0 (≈ 0)
@@ -134,6 +140,8 @@ class Chunk:
     n_updated: int
     updated_index: Tensor | None  # positions of the updated elements; None when all are
     delta_updated: Tensor  # `delta` at those positions (shared by every format's `stored`)
+    abs_delta_updated: Tensor  # |delta| there
+    mass_updated: float  # its sum
 
     def over_nonzero(self) -> RatioInputs:
         """The inputs compressed to before != 0, where the stiffness is defined."""
@@ -203,10 +211,10 @@ def prepare_chunk(
     n_nonzero = int(torch.count_nonzero(b))
     nonzero = b != 0 if n_nonzero < n else None
 
-    b64 = b.to(torch.float64, copy=True)  # copies: never write into the caller's tensors
+    b64 = b.to(torch.float64)
     delta = a.to(torch.float64).sub(b64)
-    twice_delta = delta.abs().mul_(2.0)
-    abs_before = b64.abs_()
+    abs_delta = delta.abs()
+    twice_delta = abs_delta * 2.0
     grad64 = abs_g.to(torch.float64) if abs_g is not None else None
     grad_moments = grad_centered = None
     grad_centered_sum = 0.0
@@ -216,6 +224,11 @@ def prepare_chunk(
         if centered is not None:
             grad_centered = centered if nonzero is None else grad64 - mean
             grad_centered_sum = float(centered.sum())
+    if updated_index is None:
+        delta_updated, abs_delta_updated = delta, abs_delta
+    else:
+        delta_updated = delta.index_select(0, updated_index)
+        abs_delta_updated = abs_delta.index_select(0, updated_index)
     chunk = Chunk(
         b,
         a,
@@ -223,7 +236,7 @@ def prepare_chunk(
         updated,
         n_nonzero,
         nonzero,
-        abs_before,
+        b64,
         RatioInputs(twice_delta, grad64, abs_g, grad_centered),
         grad_moments,
         grad_centered_sum,
@@ -232,7 +245,9 @@ def prepare_chunk(
         delta,
         n_updated,
         updated_index,
-        delta if updated_index is None else delta.index_select(0, updated_index),
+        delta_updated,
+        abs_delta_updated,
+        float(abs_delta_updated.sum()),
     )
     return chunk, [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
 
@@ -322,9 +337,11 @@ def update_format(
     s_after: Tensor | None,
     *,
     power_of_two: bool = False,
+    overflow_free: bool = False,
 ) -> None:
     """Add one prepared chunk to one format's partial statistics. `power_of_two`: every scale is
-    a power of two (E8M0 block scales), so 1/s is exact."""
+    a power of two (E8M0 block scales), so 1/s is exact. `overflow_free`: the scales are known
+    to keep every element within ±max (`Scale.overflow_free`), so the overflow count is 0."""
     counts = acc.counts
     b, a, n = chunk.before, chunk.after, chunk.n
     per_element = s_before is not None and s_before.dim() != 0
@@ -345,23 +362,20 @@ def update_format(
     steps = (code_a.to(wide) - code_b).abs_()
     s64 = s_before.to(torch.float64) if per_element else None
     inverse = inverse32.to(torch.float64) if inverse32 is not None else None
-    update_stored(
-        acc.stored,
-        fmt,
-        code_b,
-        chunk.delta,
-        s_before if s64 is None else s64,  # one float64 copy of the scales serves every use
-        inverse=inverse,
-        updated_index=chunk.updated_index,
-        delta_updated=chunk.delta_updated,
-    )
-    counts.overflow += int(_overflow_count(yb, fmt, top_b))
+    if not overflow_free:
+        counts.overflow += int(_overflow_count(yb, fmt, top_b))
     counts.underflow += chunk.n_nonzero - int(torch.count_nonzero(code_b))
     counts.stiffness_zero += n - chunk.n_nonzero
     s_value = 1.0 if s_before is None else (float(s_before) if s_before.dim() == 0 else None)
     plan = _one_scale_plan(fmt, s_value, yb.dtype)
 
-    error = grid_alignment_errors(chunk.abs_before, code_b, fmt, s_before, s64)
+    if fmt.max_code > TABLE_LIMIT:  # no per-code table: `stored` by the float64 encoder
+        update_stored(acc.stored, fmt, code_b, chunk.delta, s_before, chunk.updated)
+        error = grid_alignment_errors(chunk.before64.abs(), code_b, fmt, s_before, s64)
+    else:  # code_b is spent here
+        error = _grid_error_and_stored(
+            acc.stored, fmt, chunk, code_b, s_before, s_value, s64, inverse
+        )
     acc.grid_error.update(error)
     counts.on_grid += n - int(torch.count_nonzero(error))
 
@@ -541,6 +555,47 @@ def _joint_counts(
     acc.counts.flips += flips
     acc.counts.flips_on_updates += sum(by_class[0][1][1:]) + sum(by_class[1][1][1:])
     return flips, n_big, big_flipped, joint.sum(dim=(1, 2, 3))
+
+
+def _grid_error_and_stored(
+    stored: StoredAccumulator,
+    fmt: Format,
+    chunk: Chunk,
+    code: Tensor,
+    s: Tensor | None,
+    s_value: float | None,
+    s64: Tensor | None,
+    inverse: Tensor | None,
+) -> Tensor:
+    """The grid alignment errors of BEFORE, and the chunk's `stored` sums: both start from the
+    grid value of each code, gathered once from the stored table (s·g with one scale, g with one
+    per element; `code` becomes its row index). With float32 scales s·g is exact in float64, so
+    the error |b − s·g| is too; float64 scales (float64 storage) take `grid_alignment_errors`."""
+    if chunk.before.dtype != torch.float32:
+        error = grid_alignment_errors(chunk.before64.abs(), code, fmt, s, s64)
+    one_scale = s_value is not None
+    table = stored_table(fmt, s_value if one_scale else 1.0)
+    index = code.to(torch.int32).add_(fmt.max_code)  # in place for int32 codes
+    w = torch.index_select(table.value, 0, index)
+    scaled = w if one_scale else w * s64  # s·g, exact for float32 s
+    if chunk.before.dtype == torch.float32:
+        error = chunk.before64.sub(scaled).abs_()
+    keep = chunk.updated_index
+    if keep is not None:  # the updated elements only: one shared index, gathers
+        index, w = index.index_select(0, keep), w.index_select(0, keep)
+        if not one_scale:
+            s64 = s64.index_select(0, keep)
+            scaled = scaled.index_select(0, keep) if inverse is None else None
+            inverse = inverse.index_select(0, keep) if inverse is not None else None
+    delta = chunk.delta_updated
+    if one_scale:
+        position = w + delta  # z = s·g + Δ: one float64 rounding
+    elif inverse is not None:  # power-of-two s: g + Δ·(1/s) is (s·g + Δ)/s, in one pass
+        position = torch.addcmul(w, delta, inverse)
+    else:  # y = z / s, which crosses no midpoint (engine/stored.py)
+        position = (scaled + delta).div_(s64)
+    add_stored(stored, table, index, w, position, chunk.abs_delta_updated, chunk.mass_updated)
+    return error
 
 
 def _grid_error(abs_before: Tensor, grid: Tensor, s: Tensor, s64: Tensor | None = None) -> Tensor:

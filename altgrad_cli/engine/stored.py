@@ -79,81 +79,102 @@ def update_stored(
     delta: Tensor,
     scale: Tensor | None,
     updated: Tensor | None = None,
-    *,
-    inverse: Tensor | None = None,
-    updated_index: Tensor | None = None,
-    delta_updated: Tensor | None = None,
 ) -> None:
     """Add one chunk to `acc`.
 
     `code_before` holds the signed codes of R(before / s) (any integer dtype), `delta` the exact
     float64 steps after − before, `scale` BEFORE's scale (None for s = 1, a 0-d tensor, or a
     tensor broadcastable to the chunk), `updated` the mask of updated elements (None: all).
-    All are finite; elements outside `updated` are left out. `inverse` is 1/s per element when
-    every s is a power of two (exact), so y = g + Δ·(1/s), the same number as (s·g + Δ)/s.
-    The kernel names the updated elements by `updated_index` instead (and hands `delta` there
-    as `delta_updated`): one index for every format of the chunk, gathers instead of masks.
+    All are finite; elements outside `updated` are left out. The kernel, which already holds
+    the gathered grid values, calls `add_stored` instead.
     """
     code = code_before.reshape(-1)
     d = delta.reshape(-1)
     s = None if scale is None else scale
     if s is not None and s.dim() != 0:
         s = s.reshape(()) if s.numel() == 1 else s.expand(code_before.shape).reshape(-1)
-    if updated_index is not None:
-        code = code.index_select(0, updated_index)
-        d = d.index_select(0, updated_index) if delta_updated is None else delta_updated
-        if s is not None and s.dim() != 0:
-            s = s.index_select(0, updated_index)
-        inverse = inverse.index_select(0, updated_index) if inverse is not None else None
-    elif updated is not None:
+    if updated is not None:
         keep = updated.reshape(-1)
         if int(torch.count_nonzero(keep)) < code.numel():
             code, d = code[keep], d[keep]
             s = s[keep] if s is not None and s.dim() != 0 else s
-            inverse = inverse[keep] if inverse is not None else None
-    n = code.numel()
-    acc.updates += n
-    if n == 0:
-        return
     if fmt.max_code > TABLE_LIMIT:
-        moved, p = _by_rounding(fmt, code, d, s)
-    else:
-        moved, p = _by_table(fmt, code, d, s, inverse)
-    n_moved = int(torch.count_nonzero(moved))
-    mass = float(torch.linalg.vector_norm(d, 1))  # Σ|Δ| in one pass, no |Δ| copy
-    if n_moved == 0:
+        acc.updates += code.numel()
+        if code.numel():
+            moved, p = _by_rounding(fmt, code, d, s)
+            _add_outcomes(acc, ~moved, p, d.abs())
+        return
+    one_scale = s is None or s.dim() == 0
+    table = stored_table(fmt, 1.0 if s is None else float(s) if one_scale else 1.0)
+    index = code.to(torch.int32, copy=True).add_(fmt.max_code)  # index_select takes int32
+    w = torch.index_select(table.value, 0, index)  # s·g with one scale, else g in grid units
+    if one_scale:
+        position = w + d  # z: one float64 rounding
+    else:  # one scale per element: y = z / s, which crosses no midpoint (module docstring)
+        s64 = s.to(torch.float64)
+        position = (w * s64).add_(d).div_(s64)
+    add_stored(acc, table, index, w, position, d.abs())
+
+
+def add_stored(
+    acc: StoredAccumulator,
+    table: StoredTable,
+    index: Tensor,
+    w: Tensor,
+    position: Tensor,
+    abs_delta: Tensor,
+    mass: float | None = None,
+) -> None:
+    """Add updated elements given by their table rows: `index` (int32, code + max_code; reused
+    as scratch), `w` the table's value there, `position` z = w + Δ (y = g + Δ/s with one scale
+    per element, in grid units), `abs_delta` |Δ| and `mass` its sum (when the caller has it).
+    `position` is consumed."""
+    acc.updates += index.numel()
+    if index.numel():
+        stays, p = _by_table(table, index, w, position)
+        _add_outcomes(acc, stays, p, abs_delta, mass)
+
+
+def _add_outcomes(
+    acc: StoredAccumulator, stays: Tensor, p: Tensor, abs_delta: Tensor, mass: float | None = None
+) -> None:
+    """The sums of one chunk's outcomes: `stays` marks w' = w under RNE, `p` is P(w' ≠ w)."""
+    n = stays.numel()
+    n_stays = int(torch.count_nonzero(stays))
+    if mass is None:
+        mass = float(abs_delta.sum())
+    if n_stays == n:
         lost = mass
-    elif n_moved == n:
+    elif n_stays == 0:
         lost = 0.0
-    else:  # Σ|Δ| where w' = w; the complement of the moved elements, which are often few
-        lost = float(torch.linalg.vector_norm(torch.masked_select(d, ~moved), 1))
-    acc.rne_moved += n_moved
+    else:  # Σ|Δ| where w' = w, summed directly (never mass − moved: that would cancel)
+        lost = float(torch.dot(abs_delta, stays.to(torch.float64)))
+    acc.rne_moved += n - n_stays
     acc.mass += mass
     acc.lost_mass += lost
-    total = float(p.sum())
-    acc.sr_expected += total
+    acc.sr_expected += float(p.sum())
     # Σ P(1 − P) term by term: ΣP − ΣP² cancels when most P are near 0 or 1 (1 − P is exact
     # for P ≥ ½), and the summary's std must not depend on how the tensor was chunked
     acc.sr_variance += float(torch.dot(p, 1.0 - p))
 
 
 @dataclass(frozen=True)
-class _Table:
-    """Per signed code c (row c + max_code): the grid value g, the RNE thresholds and the gaps.
+class StoredTable:
+    """Per signed code c (row c + max_code): the grid value g and, per side, the gap to the
+    neighbour and the half gap R must pass to leave g.
 
-    `up`/`down` are the values z must pass (z > up, z < down) for R to leave g: the midpoints to
-    the neighbours, moved one float64 ULP inwards where the tie goes to the neighbour (c odd), so
-    one strict compare decides. `gaps` holds the gap below g at row 2i and above it at 2i + 1;
-    saturated ends have ±inf thresholds and infinite gaps."""
+    Row 2i of `gaps` and `halves` is the side below g, row 2i + 1 the side above. A half gap is
+    moved one float64 ULP inwards where the tie goes to the neighbour (c odd), so one strict
+    compare of |z − w| decides: z − w is exact wherever it is near a midpoint (Sterbenz: z and
+    w are then within a factor of 2, or w is 0). Saturated ends have infinite gaps."""
 
     value: Tensor
-    up: Tensor
-    down: Tensor
     gaps: Tensor
+    halves: Tensor
 
 
-@lru_cache(maxsize=8)  # a bf16 table is 2.6 MB
-def _table(fmt: Format, s: float = 1.0) -> _Table:
+@lru_cache(maxsize=8)  # a bf16 table is 3.1 MB
+def stored_table(fmt: Format, s: float = 1.0) -> StoredTable:
     """The table of `fmt`, every entry multiplied by the scale s (exact: see the module docstring)."""
     top = fmt.max_code
     codes = torch.arange(-top, top + 1, dtype=torch.int64)
@@ -161,40 +182,24 @@ def _table(fmt: Format, s: float = 1.0) -> _Table:
     inf = torch.tensor([math.inf], dtype=torch.float64)
     gap_up = torch.cat([g[1:] - g[:-1], inf])
     gap_down = torch.cat([inf, g[1:] - g[:-1]])
-    odd = (codes % 2).bool()
-    up = (g + gap_up / 2) * s
-    down = (g - gap_down / 2) * s
-    up = torch.where(odd, torch.nextafter(up, -inf), up)
-    down = torch.where(odd, torch.nextafter(down, inf), down)
     gaps = torch.stack([gap_down, gap_up], dim=1).reshape(-1) * s
-    return _Table(g * s, up, down, gaps)
+    odd = (codes % 2).bool().repeat_interleave(2)
+    halves = gaps / 2
+    halves = torch.where(odd, torch.nextafter(halves, torch.zeros(())), halves)
+    return StoredTable(g * s, gaps, halves)
 
 
 def _by_table(
-    fmt: Format, code: Tensor, d: Tensor, s: Tensor | None, inverse: Tensor | None = None
+    table: StoredTable, index: Tensor, w: Tensor, position: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """(moved under RNE, P(moved) under SR) from the per-code table: gathers by index_select,
-    which is several times faster than indexing, and no select."""
-    index = code.to(torch.int32, copy=True).add_(fmt.max_code)  # index_select takes int32
-    if s is None or s.dim() == 0:
-        table = _table(fmt, 1.0 if s is None else float(s))
-        w = torch.index_select(table.value, 0, index)  # w = s · g
-        position = w + d  # z: one float64 rounding
-    else:  # one scale per element: y = z / s, which crosses no midpoint (module docstring)
-        table = _table(fmt)
-        w = torch.index_select(table.value, 0, index)  # g, in grid units
-        if inverse is not None:  # s a power of two: s·g + Δ and the division scale exactly
-            position = torch.addcmul(w, d, inverse)
-        else:
-            s64 = s.to(torch.float64)
-            position = (w * s64).add_(d).div_(s64)
-    moved = position > torch.index_select(table.up, 0, index)
-    moved.logical_or_(position < torch.index_select(table.down, 0, index))
+    """(stays under RNE, P(moved) under SR): the side of g that z lies on picks one gap and one
+    half gap, so two gathers (index_select, several times faster than indexing) and no select."""
     offset = position.sub_(w)  # z − w (or y − g): where SR goes and how far
     side = index.mul_(2).add_(offset > 0)
-    gap = torch.index_select(table.gaps, 0, side)
-    p = offset.abs_().div_(gap).clamp_(max=1.0)  # 0 on the grid and at a saturated end
-    return moved, p
+    offset.abs_()
+    stays = offset <= torch.index_select(table.halves, 0, side)
+    p = offset.div_(torch.index_select(table.gaps, 0, side)).clamp_(max=1.0)
+    return stays, p
 
 
 def _by_rounding(fmt: Format, code: Tensor, d: Tensor, s: Tensor | None) -> tuple[Tensor, Tensor]:

@@ -12,9 +12,9 @@ at full-tensor size, so memory is bounded by the chunk size.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import Tensor
 
@@ -62,6 +62,7 @@ from altgrad_cli.report.records import (
 )
 
 DEFAULT_GRAD_EPS = 1e-10
+T = TypeVar("T")
 DEFAULT_CHUNK = 1 << 18
 RANGE_CHUNKS = 32
 """Chunks merge into ranges of this many, ranges into the tensor (see `chunk_ranges`); a Dask task
@@ -104,14 +105,18 @@ class TensorAccumulator:
         grad: Tensor | None,
         scales: Sequence[ScalePair],
         grad_eps: float = DEFAULT_GRAD_EPS,
+        overflow_free: Sequence[bool] = (),
     ) -> None:
         """Add one chunk. `before`/`after`/`grad` are in their storage dtype; `scales` holds, per
-        recipe, the scales (broadcastable to the chunk) to divide BEFORE and AFTER by, or None."""
+        recipe, the scales (broadcastable to the chunk) to divide BEFORE and AFTER by, or None;
+        `overflow_free` per recipe whether BEFORE's scales keep every element in range
+        (`Scale.overflow_free`; missing means not known)."""
         prepared = prepare_chunk(before, after, grad, scales, grad_eps, self.counts, self.ulp)
         if prepared is None:
             return
         chunk, flat_scales = prepared
-        for recipe, (s_before, s_after) in zip(self.recipes, flat_scales, strict=True):
+        free = tuple(overflow_free) + (False,) * (len(self.recipes) - len(overflow_free))
+        for recipe, (s_before, s_after), fits in zip(self.recipes, flat_scales, free, strict=True):
             sc = recipe.scaling
             update_format(
                 self.per_format[recipe.name],
@@ -120,6 +125,7 @@ class TensorAccumulator:
                 s_before,
                 s_after,
                 power_of_two=sc.mode is ScaleMode.BLOCK and sc.rule is not ScaleRule.FP32,
+                overflow_free=fits,
             )
 
     def results(self) -> dict[str, Metrics]:
@@ -309,9 +315,9 @@ def accumulate_tensor(
     pass per side. With a `pool`, chunks run on its threads; their partial results are merged in
     chunk order, into one accumulator per chunk range, and the ranges in order into the tensor's."""
     recipes = tuple(dict.fromkeys(get_recipe(f, scaling) for f in formats))
-    scale_pairs = tensor_scales(before, after, recipes, rescale=rescale)
+    scale_pairs = tensor_scales(before, after, recipes, rescale=rescale, pool=pool)
     summaries = scale_summaries(recipes, scale_pairs)
-    blocks = recipe_block_stats(recipes, scale_pairs, rescale=rescale)
+    blocks = recipe_block_stats(recipes, scale_pairs, rescale=rescale, pool=pool)
     # the per-group amax arrays are done with: not held while the chunks run (for the 8M NVFP4
     # blocks of a 32000×4096 embedding, 32 MiB)
     scale_pairs = [_without_amax(pair) for pair in scale_pairs]
@@ -335,10 +341,16 @@ def _without_amax(pair: tuple[Scale, Scale]) -> tuple[Scale, Scale]:
 
 
 def tensor_scales(
-    before: Tensor, after: Tensor, recipes: Sequence[Recipe], *, rescale: bool = False
+    before: Tensor,
+    after: Tensor,
+    recipes: Sequence[Recipe],
+    *,
+    rescale: bool = False,
+    pool: ChunkPool | None = None,
 ) -> list[tuple[Scale, Scale]]:
     """Per recipe, the scales BEFORE and AFTER are divided by: one whole-tensor amax pass per side
-    and grouping, shared by the recipes that group alike. Every chunk range needs these."""
+    and grouping, shared by the recipes that group alike. Every chunk range needs these. With a
+    `pool`, the recipes' scales are computed from the amax arrays on its threads."""
     dtype = working_dtype(before.dtype)
     shape = tuple(before.shape)
     amax: dict[tuple, tuple[Tensor, Tensor]] = {}
@@ -361,14 +373,26 @@ def tensor_scales(
         amax[sc.grouping] = (side_b, side_a)
         if sc.is_blocked and sc.rows == 1 and base is None:
             fine[sc.cols] = (side_b, side_a)
-    scale_pairs: list[tuple[Scale, Scale]] = []
-    for recipe in recipes:
+
+    def pair(recipe: Recipe) -> tuple[Scale, Scale]:
         fmt, sc = recipe.format, recipe.scaling
         amax_b, amax_a = amax.get(sc.grouping, (None, None))
         s_before = scale_from_amax(amax_b, fmt, sc, shape, dtype)
         s_after = scale_from_amax(amax_a, fmt, sc, shape, dtype) if rescale else s_before
-        scale_pairs.append((s_before, s_after))
-    return scale_pairs
+        return s_before, s_after
+
+    return _per_recipe(pair, recipes, pool)
+
+
+def _per_recipe(
+    fn: Callable[[Recipe], T], recipes: Sequence[Recipe], pool: ChunkPool | None
+) -> list[T]:
+    """fn of each recipe, in order; on the pool's threads (torch on one thread each) when there
+    is one and more than one recipe: the per-group work of four recipes is otherwise serial."""
+    if pool is None or len(recipes) < 2:
+        return [fn(recipe) for recipe in recipes]
+    with one_torch_thread():
+        return list(ordered_map(fn, recipes, pool))
 
 
 def add_block_stats(
@@ -388,13 +412,21 @@ def recipe_block_stats(
     scale_pairs: Sequence[tuple[Scale, Scale]],
     *,
     rescale: bool,
+    pool: ChunkPool | None = None,
 ) -> dict[str, BlockStats]:
-    """BlockStats per recipe with many scales, by canonical name."""
-    return {
-        recipe.name: block_stats(s_before, s_after if rescale else None, recipe.format)
-        for recipe, (s_before, s_after) in zip(recipes, scale_pairs, strict=True)
-        if not s_before.is_single
-    }
+    """BlockStats per recipe with many scales, by canonical name (on the pool's threads, if any)."""
+    many = [
+        (recipe, pair)
+        for recipe, pair in zip(recipes, scale_pairs, strict=True)
+        if not pair[0].is_single
+    ]
+    by_recipe = dict(many)
+    stats = _per_recipe(
+        lambda r: block_stats(by_recipe[r][0], by_recipe[r][1] if rescale else None, r.format),
+        [recipe for recipe, _ in many],
+        pool,
+    )
+    return {recipe.name: one for (recipe, _), one in zip(many, stats, strict=True)}
 
 
 def scale_summaries(
@@ -471,8 +503,11 @@ def accumulate_ranges(
             None if g2 is None else g2[r0:r1, c0:c1],
             pairs,
             grad_eps,
+            free,
         )
         return part
+
+    free = tuple(pair[0].overflow_free for pair in scale_pairs)
 
     owner = [i for i, bounds in enumerate(ranges) for _ in bounds]
     flat = (bounds for chunks in ranges for bounds in chunks)

@@ -226,10 +226,9 @@ def overflow_mask(y: Tensor, fmt: Format) -> Tensor:
     carrier = carrier_of(y.dtype)
     plan = _plan(fmt, y.dtype)
     mag = y.view(carrier.int_dtype) & carrier.magnitude_mask
-    over = mag > plan.overflow_bits
-    if plan.overflow_on_tie:
-        over |= mag == plan.overflow_bits
-    return over
+    if plan.overflow_on_tie:  # the tie at max + half a step rounds away too
+        return mag >= plan.overflow_bits
+    return mag > plan.overflow_bits
 
 
 def overflows(value: float, fmt: Format, dtype: torch.dtype = torch.float32) -> bool:

@@ -17,6 +17,7 @@ from torch import Tensor
 from altgrad_cli.numerics.bits import exp2_int, working_dtype
 from altgrad_cli.numerics.formats import Format, get_format
 from altgrad_cli.numerics.layout import AMAX_CHUNK, iter_chunks, iter_tile_chunks
+from altgrad_cli.numerics.rounding import overflow_mask
 from altgrad_cli.numerics.scaling_modes import (  # noqa: E402  the value object, re-exported
     E4M3_MAX,
     E4M3_MIN,
@@ -159,6 +160,8 @@ class Scale:
     values: Tensor
     shape: tuple[int, ...]
     amax: Tensor | None = field(default=None, compare=False)  # per-group amax the scales came from
+    # every group amax is finite and amax / s stays within the format: no element can overflow
+    overflow_free: bool = field(default=False, compare=False)
 
     @property
     def is_unit(self) -> bool:
@@ -213,7 +216,7 @@ class Scale:
         return self.for_chunk(0, rows, 0, cols).reshape(self.shape)
 
     def to(self, dtype: torch.dtype) -> Scale:
-        return Scale(self.scaling, self.values.to(dtype), self.shape, self.amax)
+        return Scale(self.scaling, self.values.to(dtype), self.shape, self.amax, self.overflow_free)
 
 
 def _group_shape(shape: tuple[int, ...], scaling: Scaling) -> tuple[int, ...]:
@@ -323,8 +326,30 @@ def scale_from_amax(
     scaling = parse_scaling(scaling)
     if amax is None:  # scaling "none"
         return Scale(scaling, torch.ones((), dtype=dtype), shape)
-    values = _amax_scale(amax, get_format(format), scaling).to(dtype)
-    return Scale(scaling, values, shape, amax)
+    fmt = get_format(format)
+    values = _amax_scale(amax, fmt, scaling).to(dtype)
+    return Scale(scaling, values, shape, amax, _overflow_free(amax, values, fmt))
+
+
+def _overflow_free(amax: Tensor, values: Tensor, fmt: Format) -> bool:
+    """Whether no element of the tensor can overflow under these scales: every group amax is
+    finite and amax / s, divided as the kernel divides an element, rounds within ±max. Division
+    by a positive number is monotone, so a group's largest |x / s| is its amax / s. Known per
+    tensor, this spares the kernel an overflow pass per chunk for the recipes whose scales fit
+    (rceil, NVFP4, amax / 448 tiles). False with one scale: the kernel checks each chunk's max."""
+    if values.dim() == 0 or amax.shape != values.shape or values.dtype not in _CARRIERS:
+        return False
+    flat_amax, flat_values = amax.reshape(-1), values.reshape(-1)
+    for i in range(0, flat_amax.numel(), SCALE_SLICE):
+        part = flat_amax[i : i + SCALE_SLICE].to(values.dtype)
+        if not bool(torch.isfinite(part).all()):
+            return False
+        if bool(overflow_mask(part / flat_values[i : i + SCALE_SLICE], fmt).any()):
+            return False
+    return True
+
+
+_CARRIERS = (torch.float32, torch.float64)
 
 
 __all__ = [
