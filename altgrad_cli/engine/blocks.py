@@ -19,7 +19,7 @@ from altgrad_cli.numerics.rounding import overflow_mask
 from altgrad_cli.numerics.scaling import Scale
 
 LOG2_LOW, LOG2_HIGH = -1100, 1100  # floor(log2 s) of any float64 scale lies in here
-SLICE = 1 << 20  # groups per pass: a fixed size, so the numbers never depend on the chunking
+SLICE = 1 << 18  # groups per pass: a fixed size, so the numbers never depend on the chunking
 
 
 @dataclass

@@ -171,6 +171,7 @@ class StoredTable:
     value: Tensor
     gaps: Tensor
     halves: Tensor
+    inverse_gaps: Tensor | None  # 1 / gaps where every gap is a power of two (exact), else None
 
 
 @lru_cache(maxsize=8)  # a bf16 table is 3.1 MB
@@ -186,7 +187,9 @@ def stored_table(fmt: Format, s: float = 1.0) -> StoredTable:
     odd = (codes % 2).bool().repeat_interleave(2)
     halves = gaps / 2
     halves = torch.where(odd, torch.nextafter(halves, torch.zeros(())), halves)
-    return StoredTable(g * s, gaps, halves)
+    finite = gaps[torch.isfinite(gaps)]
+    powers_of_two = bool((torch.frexp(finite).mantissa == 0.5).all())
+    return StoredTable(g * s, gaps, halves, torch.reciprocal(gaps) if powers_of_two else None)
 
 
 def _by_table(
@@ -198,7 +201,11 @@ def _by_table(
     side = index.mul_(2).add_(offset > 0)
     offset.abs_()
     stays = offset <= torch.index_select(table.halves, 0, side)
-    p = offset.div_(torch.index_select(table.gaps, 0, side)).clamp_(max=1.0)
+    if table.inverse_gaps is not None:  # |z − w| · (1/gap) is |z − w| / gap when 1/gap is exact
+        p = offset.mul_(torch.index_select(table.inverse_gaps, 0, side))
+    else:
+        p = offset.div_(torch.index_select(table.gaps, 0, side))
+    p.clamp_(max=1.0)
     return stays, p
 
 
