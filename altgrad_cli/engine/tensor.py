@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -31,7 +32,7 @@ from altgrad_cli.engine.parallel import ChunkPool, one_torch_thread, ordered_map
 from altgrad_cli.engine.stats import UlpHistogram, fold_grid_steps
 from altgrad_cli.numerics.bits import working_dtype
 from altgrad_cli.numerics.formats import Format
-from altgrad_cli.numerics.layout import iter_chunks, iter_tile_chunks
+from altgrad_cli.numerics.layout import iter_chunks
 from altgrad_cli.numerics.recipes import Recipe, get_recipe
 from altgrad_cli.numerics.scaling import (
     Scale,
@@ -271,17 +272,19 @@ def chunk_view(shape: tuple[int, ...], scalings: Sequence[Scaling]) -> tuple[int
 
 
 def chunk_plan(shape: tuple[int, ...], scalings: Sequence[Scaling], chunk: int) -> list[Bounds]:
-    """The chunks of `chunk_view`, in order: whole tiles of every blocked recipe (tile rows and
-    widths combined by their least common multiple)."""
+    """The chunks of `chunk_view`, in order: runs of whole rows, or of one row cut where every
+    blocked recipe's blocks start (their widths' least common multiple, else their greatest
+    common divisor when that multiple is wider than a chunk). Rows need not hold whole tiles:
+    the scales are known before the chunks, and `Scale.for_chunk` finds each row's tile. Whole
+    rows keep a chunk contiguous in memory, so it is read in place rather than copied."""
     if _one_scale_each(scalings):
         return list(iter_chunks(1, math.prod(shape), chunk))
-    rows, cols, per_matrix = matrix_view(shape)
+    rows, cols, _ = matrix_view(shape)
     blocked = [s for s in scalings if s.is_blocked]
-    tile = _lcm([s.rows for s in blocked])
     width = _lcm([s.cols for s in blocked])
-    if tile * width > chunk:  # tiles bigger than a chunk: keep tile rows, cut columns freely
+    if width > chunk:
         width = math.gcd(*[s.cols for s in blocked]) if blocked else 1
-    return list(iter_tile_chunks(rows, cols, per_matrix, tile, width, chunk))
+    return list(iter_chunks(rows, cols, chunk, width))
 
 
 def chunk_ranges(
@@ -368,8 +371,9 @@ def tensor_scales(
             side_b = coarser_amax(fb, base, sc, shape)
             side_a = coarser_amax(fa, base, sc, shape) if rescale else side_b
         else:
-            side_b = group_amax(before, sc)
-            side_a = group_amax(after, sc) if rescale else side_b
+            with one_torch_thread() if pool is not None else nullcontext():
+                side_b = group_amax(before, sc, executor=pool)
+                side_a = group_amax(after, sc, executor=pool) if rescale else side_b
         amax[sc.grouping] = (side_b, side_a)
         if sc.is_blocked and sc.rows == 1 and base is None:
             fine[sc.cols] = (side_b, side_a)

@@ -9,6 +9,7 @@ over the last two dims (`block:N` is a 1 × N tile), with partial tiles at the e
 from __future__ import annotations
 
 import math
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import torch
@@ -231,10 +232,13 @@ def _group_shape(shape: tuple[int, ...], scaling: Scaling) -> tuple[int, ...]:
     return tile_rows, -(-cols // n)
 
 
-def group_amax(x: Tensor, scaling: Scaling, chunk: int = AMAX_CHUNK) -> Tensor:
+def group_amax(
+    x: Tensor, scaling: Scaling, chunk: int = AMAX_CHUNK, executor: Executor | None = None
+) -> Tensor:
     """amax(|x|) per scale group (0-d, (dim0,) or (tile rows, tile cols)), read in chunks of
     whole tiles: no |x| copy of the whole tensor is ever made. NaN propagates, so a group
-    holding NaN gets a non-finite amax."""
+    holding NaN gets a non-finite amax. With an `executor`, block and tile chunks run on its
+    threads (the same numbers: each chunk owns its groups)."""
     scaling = parse_scaling(scaling)
     dtype = working_dtype(x.dtype)
     shape = tuple(x.shape)
@@ -259,7 +263,9 @@ def group_amax(x: Tensor, scaling: Scaling, chunk: int = AMAX_CHUNK) -> Tensor:
             amax.scatter_reduce_(0, index, part, "amax")
         return amax
     n, tile = scaling.cols, scaling.rows
-    for r0, r1, c0, c1 in iter_tile_chunks(rows, cols, per_matrix, tile, n, chunk):
+
+    def one_chunk(bounds: tuple[int, int, int, int]) -> None:
+        r0, r1, c0, c1 = bounds
         part = view[r0:r1, c0:c1].to(dtype).abs()
         width, nb = c1 - c0, -(-(c1 - c0) // n)
         full = width // n * n  # whole blocks, then the row's partial last block: no padding,
@@ -275,6 +281,12 @@ def group_amax(x: Tensor, scaling: Scaling, chunk: int = AMAX_CHUNK) -> Tensor:
         else:
             index = tile_rows_of(r0, r1, per_matrix, tile)[:, None].expand(-1, nb)
             target.scatter_reduce_(0, index, per_row, "amax")
+
+    # the chunks hold whole groups (tile rows or column runs of one), so each writes its own
+    # groups of `amax` and they may run on an executor's threads in any order
+    chunks = iter_tile_chunks(rows, cols, per_matrix, tile, n, chunk)
+    for _ in map(one_chunk, chunks) if executor is None else executor.map(one_chunk, chunks):
+        pass
     return amax
 
 
