@@ -14,7 +14,7 @@ calls):
 * On the common path (one scale, float32, no zero weight) every per-element class (grid steps,
   exponent, updated, predicted flip) goes into one joint histogram, and all the counts are its
   marginals: one serial pass instead of one comparison and one count each.
-* With one scale per element (blocks, tiles, NVFP4, channels), float32 and no zero weight, S is
+* With one scale per element (blocks, tiles, NVFP4, channels) and float32, S is
   built the same way, y's exponent field plus s's bits, and the same joint histogram, keyed by
   S's exponent, gives the counts. Power-of-two scales (MX) are known from the recipe: 1/s and
   1/S are exact, x·(1/s) replaces x/s, and S's moments come from the histogram too.
@@ -466,31 +466,56 @@ def _update_many_scales(
     stiffness_bits: Tensor,
     power_of_two: bool,
 ) -> None:
-    """One scale per element (blocks, tiles, NVFP4), float32, no zero weight: S = s · 2^(k − M)
-    is a normal float32, its bits y's exponent field plus s's bits (exact: a power of two times
-    s), and the counts come from one joint histogram keyed by S's exponent, as in
-    `_update_one_scale`. With power-of-two scales (MX) S is a power of two: 1/S is exact too and
-    S's moments come from that histogram; otherwise from the values. `stiffness_bits` holds S's
-    bits (see `_many_scales_plan`)."""
+    """One scale per element (blocks, tiles, NVFP4), float32: S = s · 2^(k − M) is a normal
+    float32, its bits y's exponent field plus s's bits (exact: a power of two times s), and the
+    counts come from one joint histogram keyed by S's exponent, as in `_update_one_scale`. With
+    power-of-two scales (MX) S is a power of two: 1/S is exact too and S's moments come from
+    that histogram; otherwise from the values. `stiffness_bits` holds S's bits (see
+    `_many_scales_plan`). Zero weights, where S is undefined, get S = W = 0 (out of every sum
+    and of |g| < S) and exponent bin 0, which no normal S has; their share of the predicted
+    flips is taken out, as in `_update_one_scale`."""
+    zero = None if chunk.nonzero is None else ~chunk.nonzero
+    if zero is not None:
+        stiffness_bits.masked_fill_(zero, 0)
     values32 = stiffness_bits.view(torch.float32)
     values = values32.to(torch.float64)
     if power_of_two:
-        weight = ((254 << 23) - stiffness_bits).view(torch.float32).to(torch.float64)  # exact
+        weight32 = ((254 << 23) - stiffness_bits).view(torch.float32)  # exact
+        if zero is not None:
+            weight32.masked_fill_(zero, 0.0)
+        weight = weight32.to(torch.float64)
         exponent_code = stiffness_bits >> 16  # no mantissa bits below the exponent
     else:
         weight = torch.reciprocal(values)
+        if zero is not None:
+            weight.masked_fill_(zero, 0.0)
         exponent_code = (stiffness_bits & 0x7F800000) >> 16
     stiff = _Stiffness(values, weight, 1.0, values32)
-    big = chunk.inputs.twice_delta >= values
+    big = chunk.inputs.twice_delta >= values  # always, for zero weights
     flips, n_big, big_flipped, bins = _joint_counts(acc, chunk, steps, exponent_code, big, 0, 256)
+    n = chunk.n_nonzero
+    if zero is not None:  # zero weights: all in exponent bin 0 and predicted to flip
+        zero_flips = int(torch.count_nonzero((steps != 0) & zero)) if flips else 0
+        bins[0] -= chunk.n - n
+        n_big, big_flipped, flips = (
+            n_big - (chunk.n - n),
+            big_flipped - zero_flips,
+            flips - zero_flips,
+        )
     if power_of_two:
         moments = _binned_moments(acc, bins, -127, 1.0)  # bin b holds S = 2^(b − 127)
     else:
         acc.stiffness_hist.add_counts(-127, bins)  # bin b: floor(log2 S) = b − 127
-        low, high = (float(v) for v in torch.aminmax(values))
-        mean = float(values.sum()) / chunk.n
-        m2 = float(torch.dot(centered := values - mean, centered)) if low != high else 0.0
-        acc.stiffness.merge(Mean(chunk.n, mean * chunk.n, low, high))
+        high = float(values.max())
+        low = float((values if zero is None else values.masked_fill(zero, math.inf)).min())
+        mean = float(values.sum()) / n
+        m2 = 0.0
+        if low != high:
+            centered = values - mean
+            if zero is not None:
+                centered.masked_fill_(zero, 0.0)
+            m2 = float(torch.dot(centered, centered))
+        acc.stiffness.merge(Mean(n, mean * n, low, high))
         moments = (mean, m2)
     _add_stiffness_ratios(
         acc, chunk, chunk.inputs, stiff, moments, error, flips, n_big, big_flipped
@@ -499,14 +524,14 @@ def _update_many_scales(
 
 def _many_scales_plan(fmt: Format, yb: Tensor, s: Tensor, chunk: Chunk) -> Tensor | None:
     """S's float32 bits for `_update_many_scales`, or None where that path does not apply: y or
-    s not float32, fixed point, an emin below float32's normal range, a zero weight, or scales
-    for which S or 1/S would leave float32's normal range."""
+    s not float32, fixed point, an emin below float32's normal range, no non-zero weight, or
+    scales for which S or 1/S would leave float32's normal range."""
     if (
         yb.dtype != torch.float32
         or s.dtype != torch.float32
         or fmt.is_fixed_point
         or fmt.emin < -126
-        or chunk.nonzero is not None
+        or chunk.n_nonzero == 0
     ):
         return None
     low, high = (int(v) >> 23 for v in torch.aminmax(s.view(torch.int32)))  # s > 0: in order
