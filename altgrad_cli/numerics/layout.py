@@ -1,6 +1,8 @@
 """How a tensor is cut into chunks: whole rows of its 2-D view, or aligned runs of one row.
 
-A chunk never straddles a scale group (a channel or a block), so each chunk sees whole groups.
+A chunk never cuts a 1-D block (runs of one row start at block boundaries). The amax pass reads
+whole tiles (`iter_tile_chunks`), so each read reduces whole groups; the analysis chunks need
+only whole rows, since their scales are known by then.
 """
 
 from __future__ import annotations
