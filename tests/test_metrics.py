@@ -169,11 +169,16 @@ def _workload(seed: int, shape=(24, 37), clean: bool = False):
     return before, after, grad
 
 
+@pytest.mark.parametrize("cols", [37, 36], ids=["cut-blocks", "whole-blocks"])
 @pytest.mark.parametrize("clean", [False, True], ids=["special", "clean"])
 @pytest.mark.parametrize("scaling", SCALINGS)
 @pytest.mark.parametrize("fmt_name", FORMATS)
-def test_metrics_match_whole_tensor_reference(fmt_name, scaling, clean):
-    before, after, grad = _workload(sum(map(ord, fmt_name + scaling)), clean=clean)
+def test_metrics_match_whole_tensor_reference(fmt_name, scaling, clean, cols):
+    """36 columns hold whole blocks of 3 and 4 (chunks keep their blocks' scales grouped), 37
+    cut the last block of every row (chunks get one scale per element)."""
+    before, after, grad = _workload(
+        sum(map(ord, fmt_name + scaling)) + cols, shape=(24, cols), clean=clean
+    )
     fmt = get_format(fmt_name)
     records, _ = tensor_metrics(
         torch.from_numpy(before),

@@ -54,8 +54,59 @@ from altgrad_cli.numerics.rounding import (
     overflows,
 )
 
-ScalePair = tuple[Tensor | None, Tensor | None]
+
+@dataclass(frozen=True, slots=True)
+class GroupedScale:
+    """One scale per run of `width` consecutive elements of the flat chunk, element i's being
+    `values[i // width]`: a block-scaled chunk of whole blocks, kept as its blocks' scales, so
+    the kernel broadcasts them instead of writing (and converting) one scale per element."""
+
+    values: Tensor
+    width: int
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.values.dtype
+
+    def to(self, dtype: torch.dtype) -> GroupedScale:
+        return GroupedScale(self.values.to(dtype), self.width)
+
+    def expand(self) -> Tensor:
+        """One value per element."""
+        return self.values.repeat_interleave(self.width)
+
+
+Scales = Tensor | GroupedScale
+ScalePair = tuple[Scales | None, Scales | None]
 """Per format, the scales BEFORE and AFTER are divided by."""
+
+
+def _per_element(s: Scales) -> Tensor:
+    return s.expand() if isinstance(s, GroupedScale) else s
+
+
+def _times(x: Tensor, s: Scales) -> Tensor:
+    """x · s elementwise (a new tensor), broadcasting grouped scales."""
+    if isinstance(s, GroupedScale):
+        return (x.view(-1, s.width) * s.values.view(-1, 1)).view(-1)
+    return x * s
+
+
+def _divided(x: Tensor, s: Scales, *, inplace: bool = False) -> Tensor:
+    """x / s elementwise (in place when asked), broadcasting grouped scales."""
+    if isinstance(s, GroupedScale):
+        grouped = x.view(-1, s.width)
+        out = grouped.div_(s.values.view(-1, 1)) if inplace else grouped / s.values.view(-1, 1)
+        return out.view(-1)
+    return x.div_(s) if inplace else x / s
+
+
+def _gathered(s: Scales, index: Tensor) -> Tensor:
+    """s at the given element positions."""
+    if isinstance(s, GroupedScale):
+        return s.values.index_select(0, torch.div(index, s.width, rounding_mode="floor"))
+    return s.index_select(0, index)
+
 
 EXP_LOW, EXP_HIGH = -1100, 1100  # floor(log2 S) of any float64 stiffness lies in here
 
@@ -257,8 +308,10 @@ def _ranges(*xs: Tensor | None) -> list[float]:
     return torch.stack([v for x in xs if x is not None for v in torch.aminmax(x)]).tolist()
 
 
-def _flatten(s: Tensor | None, shape: torch.Size, keep: Tensor | None) -> Tensor | None:
-    """A scale as None, a 0-d tensor, or one value per (kept) element."""
+def _flatten(s: Scales | None, shape: torch.Size, keep: Tensor | None) -> Scales | None:
+    """A scale as None, a 0-d tensor, grouped scales, or one value per (kept) element."""
+    if isinstance(s, GroupedScale):
+        return s if keep is None else s.expand()[keep]
     if s is None or s.numel() == 1:
         return None if s is None else s.reshape(())
     per_element = s.expand(shape).reshape(-1)
@@ -333,8 +386,8 @@ def update_format(
     acc: FormatAccumulator,
     fmt: Format,
     chunk: Chunk,
-    s_before: Tensor | None,
-    s_after: Tensor | None,
+    s_before: Scales | None,
+    s_after: Scales | None,
     *,
     power_of_two: bool = False,
     overflow_free: bool = False,
@@ -344,16 +397,26 @@ def update_format(
     to keep every element within ±max (`Scale.overflow_free`), so the overflow count is 0."""
     counts = acc.counts
     b, a, n = chunk.before, chunk.after, chunk.n
-    per_element = s_before is not None and s_before.dim() != 0
+    if not _grouped_path(fmt, chunk):  # the paths there need one scale per element
+        same = s_after is s_before
+        s_before = None if s_before is None else _per_element(s_before)
+        s_after = s_before if same else (None if s_after is None else _per_element(s_after))
+    per_element = s_before is not None and (
+        isinstance(s_before, GroupedScale) or s_before.dim() != 0
+    )
     inverse32 = None
     if per_element and power_of_two and s_before.dtype == torch.float32:
-        inverse32 = torch.reciprocal(s_before)  # exact, 2^-127 and 2^127 included
+        # exact, 2^-127 and 2^127 included
+        if isinstance(s_before, GroupedScale):
+            inverse32 = GroupedScale(torch.reciprocal(s_before.values), s_before.width)
+        else:
+            inverse32 = torch.reciprocal(s_before)
     if inverse32 is not None:  # x·(1/s) is x/s, both correctly rounded, when 1/s is exact
-        yb = b * inverse32
-        ya = a * inverse32 if s_after is s_before else a / s_after
+        yb = _times(b, inverse32)
+        ya = _times(a, inverse32) if s_after is s_before else _divided(a, s_after)
     else:
-        yb = b if s_before is None else b / s_before
-        ya = a if s_after is None else a / s_after
+        yb = b if s_before is None else _divided(b, s_before)
+        ya = a if s_after is None else _divided(a, s_after)
     top_b = _scaled_absmax(chunk.absmax_before, s_before, yb.dtype)
     top_a = _scaled_absmax(chunk.absmax_after, s_after, ya.dtype)
     code_b = encode_scaled(yb, fmt, saturate=top_b is None or top_b > fmt.max)
@@ -366,7 +429,7 @@ def update_format(
         counts.overflow += int(_overflow_count(yb, fmt, top_b))
     counts.underflow += chunk.n_nonzero - int(torch.count_nonzero(code_b))
     counts.stiffness_zero += n - chunk.n_nonzero
-    s_value = 1.0 if s_before is None else (float(s_before) if s_before.dim() == 0 else None)
+    s_value = 1.0 if s_before is None else (None if per_element else float(s_before))
     plan = _one_scale_plan(fmt, s_value, yb.dtype)
 
     if fmt.max_code > TABLE_LIMIT:  # no per-code table: `stored` by the float64 encoder
@@ -389,6 +452,8 @@ def update_format(
                 acc, chunk, steps, error, stiffness_bits, power_of_two=inverse32 is not None
             )
             return
+        s_before, s64 = _per_element(s_before), _per_element(s64)  # the general path
+        inverse = _per_element(inverse) if inverse is not None else None
     flips = int(torch.count_nonzero(steps))
     flipped = steps != 0 if flips else None
     counts.flips += flips
@@ -412,6 +477,18 @@ def update_format(
     big_flipped = int(torch.count_nonzero(big & flipped)) if flipped is not None else 0
     _add_stiffness_ratios(
         acc, chunk, inputs, stiff, (mean_s, m2_s), error, flips, n_big, big_flipped
+    )
+
+
+def _grouped_path(fmt: Format, chunk: Chunk) -> bool:
+    """Whether grouped scales can stay grouped: float32, a per-code table for `stored`, and a
+    format `_many_scales_plan` takes (the other paths work on one scale per element)."""
+    return (
+        chunk.before.dtype == torch.float32
+        and fmt.max_code <= TABLE_LIMIT
+        and not fmt.is_fixed_point
+        and fmt.emin >= -126
+        and chunk.n_nonzero > 0
     )
 
 
@@ -534,7 +611,8 @@ def _many_scales_plan(fmt: Format, yb: Tensor, s: Tensor, chunk: Chunk) -> Tenso
         or chunk.n_nonzero == 0
     ):
         return None
-    low, high = (int(v) >> 23 for v in torch.aminmax(s.view(torch.int32)))  # s > 0: in order
+    group = s.values if isinstance(s, GroupedScale) else s
+    low, high = (int(v) >> 23 for v in torch.aminmax(group.view(torch.int32)))  # s > 0: in order
     mantissa = fmt.mantissa_bits
     e_low, e_high = low - 127, high - 127
     if not (
@@ -543,7 +621,12 @@ def _many_scales_plan(fmt: Format, yb: Tensor, s: Tensor, chunk: Chunk) -> Tenso
         and e_high + 1 + fmt.emax - mantissa <= 126
     ):
         return None
-    return _exponent_field(yb, fmt).add_(s.view(torch.int32)).sub_((127 + mantissa) << 23)
+    field = _exponent_field(yb, fmt)
+    if isinstance(s, GroupedScale):
+        field.view(-1, s.width).add_(s.values.view(torch.int32).view(-1, 1))
+    else:
+        field.add_(s.view(torch.int32))
+    return field.sub_((127 + mantissa) << 23)
 
 
 def _joint_counts(
@@ -602,23 +685,29 @@ def _grid_error_and_stored(
     table = stored_table(fmt, s_value if one_scale else 1.0)
     index = code.to(torch.int32).add_(fmt.max_code)  # in place for int32 codes
     w = torch.index_select(table.value, 0, index)
-    scaled = w if one_scale else w * s64  # s·g, exact for float32 s
+    scaled = w if one_scale else _times(w, s64)  # s·g, exact for float32 s
     if chunk.before.dtype == torch.float32:
         error = chunk.before64.sub(scaled).abs_()
     keep = chunk.updated_index
     if keep is not None:  # the updated elements only: one shared index, gathers
         index, w = index.index_select(0, keep), w.index_select(0, keep)
         if not one_scale:
-            s64 = s64.index_select(0, keep)
+            s64 = _gathered(s64, keep)
             scaled = scaled.index_select(0, keep) if inverse is None else None
-            inverse = inverse.index_select(0, keep) if inverse is not None else None
+            inverse = _gathered(inverse, keep) if inverse is not None else None
     delta = chunk.delta_updated
     if one_scale:
         position = w + delta  # z = s·g + Δ: one float64 rounding
     elif inverse is not None:  # power-of-two s: g + Δ·(1/s) is (s·g + Δ)/s, in one pass
-        position = torch.addcmul(w, delta, inverse)
+        if isinstance(inverse, GroupedScale):
+            width = inverse.width
+            position = torch.addcmul(
+                w.view(-1, width), delta.view(-1, width), inverse.values.view(-1, 1)
+            ).view(-1)
+        else:
+            position = torch.addcmul(w, delta, inverse)
     else:  # y = z / s, which crosses no midpoint (engine/stored.py)
-        position = (scaled + delta).div_(s64)
+        position = _divided(scaled + delta, s64, inplace=True)
     add_stored(stored, table, index, w, position, chunk.abs_delta_updated, chunk.mass_updated)
     return error
 
@@ -658,13 +747,13 @@ def _add_grid_steps(acc: FormatAccumulator, steps: Tensor, flips: int) -> None:
         acc.grid_steps.counts += torch.bincount(steps.clamp_(max=16).to(torch.uint8), minlength=17)
 
 
-def _scaled_absmax(absmax: float, s: Tensor | None, dtype: torch.dtype) -> float | None:
+def _scaled_absmax(absmax: float, s: Scales | None, dtype: torch.dtype) -> float | None:
     """max |x / s| over the chunk, from max |x|, rounded as the elementwise division rounds (so
     exactly the largest |y|: division by a positive number is monotone); None with one scale
     per element."""
     if s is None:
         return absmax
-    if s.dim() != 0:
+    if isinstance(s, GroupedScale) or s.dim() != 0:
         return None
     return divide_as(absmax, float(s), dtype)
 

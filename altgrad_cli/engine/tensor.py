@@ -17,12 +17,14 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
+import torch
 from torch import Tensor
 
 from altgrad_cli.engine.allocator import release_freed_memory
 from altgrad_cli.engine.blocks import BlockStats, block_stats
 from altgrad_cli.engine.kernel import (
     FormatAccumulator,
+    GroupedScale,
     ScalePair,
     TensorCounts,
     prepare_chunk,
@@ -470,6 +472,15 @@ def accumulate_scaled(
     return acc
 
 
+def _chunk_scales(scale: Scale, bounds: Bounds, dtype: torch.dtype) -> Tensor | GroupedScale:
+    """A chunk's scales for the kernel: its groups' scales when the chunk holds whole groups
+    (the kernel broadcasts them), else broadcastable to the chunk."""
+    grouped = scale.groups_for_chunk(*bounds)
+    if grouped is not None:
+        return GroupedScale(grouped[0].to(dtype), grouped[1])
+    return scale.for_chunk(*bounds).to(dtype)
+
+
 def accumulate_ranges(
     before: Tensor,
     after: Tensor,
@@ -495,11 +506,11 @@ def accumulate_ranges(
         r0, r1, c0, c1 = bounds
         pairs = []
         for s_before, s_after in scale_pairs:
-            first = None if s_before.is_unit else s_before.for_chunk(r0, r1, c0, c1).to(dtype)
+            first = None if s_before.is_unit else _chunk_scales(s_before, bounds, dtype)
             if s_after is s_before:  # without --rescale: one expansion serves both sides
                 pairs.append((first, first))
             else:
-                pairs.append((first, s_after.for_chunk(r0, r1, c0, c1).to(dtype)))
+                pairs.append((first, _chunk_scales(s_after, bounds, dtype)))
         part = TensorAccumulator(recipes, grad is not None)
         part.update(
             b2[r0:r1, c0:c1],

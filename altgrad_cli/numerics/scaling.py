@@ -205,6 +205,31 @@ class Scale:
         # blocks wider than the chunk: gather per column, never materialising a whole block
         return blocks[:, torch.arange(col0, col1) // n - first]
 
+    def groups_for_chunk(
+        self, row0: int, row1: int, col0: int, col1: int
+    ) -> tuple[Tensor, int] | None:
+        """(scales, width) of the chunk [row0:row1, col0:col1] when it is made of whole groups
+        of `width` consecutive elements each (whole blocks, or whole rows of a channel): the
+        flattened chunk's element i has scale `scales[i // width]`. None when a group is cut
+        (a partial last block) or there is one scale per element anyway."""
+        if self.is_single:
+            return None
+        rows, _, per_matrix = matrix_view(self.shape)
+        if self.scaling.mode is ScaleMode.CHANNEL:
+            if len(self.shape) <= 1 or col1 - col0 < 2:
+                return None
+            per_channel = rows // self.shape[0]
+            return self.values[torch.arange(row0, row1) // per_channel], col1 - col0
+        n, tile = self.scaling.cols, self.scaling.rows
+        if n < 2 or col0 % n or (col1 - col0) % n:
+            return None
+        blocks = self.values[:, col0 // n : col1 // n]
+        if tile == 1:
+            blocks = blocks[row0:row1]
+        else:
+            blocks = blocks[tile_rows_of(row0, row1, per_matrix, tile)]
+        return blocks.reshape(-1), n
+
     def broadcast(self) -> Tensor:
         """Scales broadcastable to the whole tensor."""
         if not self.shape:
