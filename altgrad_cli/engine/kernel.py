@@ -397,7 +397,8 @@ def update_format(
     to keep every element within ±max (`Scale.overflow_free`), so the overflow count is 0."""
     counts = acc.counts
     b, a, n = chunk.before, chunk.after, chunk.n
-    if not _grouped_path(fmt, chunk):  # the paths there need one scale per element
+    if isinstance(s_before, GroupedScale) and not _grouped_path(fmt, chunk):
+        # the paths this chunk takes need one scale per element
         same = s_after is s_before
         s_before = None if s_before is None else _per_element(s_before)
         s_after = s_before if same else (None if s_after is None else _per_element(s_after))
@@ -599,7 +600,7 @@ def _update_many_scales(
     )
 
 
-def _many_scales_plan(fmt: Format, yb: Tensor, s: Tensor, chunk: Chunk) -> Tensor | None:
+def _many_scales_plan(fmt: Format, yb: Tensor, s: Scales, chunk: Chunk) -> Tensor | None:
     """S's float32 bits for `_update_many_scales`, or None where that path does not apply: y or
     s not float32, fixed point, an emin below float32's normal range, no non-zero weight, or
     scales for which S or 1/S would leave float32's normal range."""
@@ -670,10 +671,10 @@ def _grid_error_and_stored(
     fmt: Format,
     chunk: Chunk,
     code: Tensor,
-    s: Tensor | None,
+    s: Scales | None,
     s_value: float | None,
-    s64: Tensor | None,
-    inverse: Tensor | None,
+    s64: Scales | None,
+    inverse: Scales | None,
 ) -> Tensor:
     """The grid alignment errors of BEFORE, and the chunk's `stored` sums: both start from the
     grid value of each code, gathered once from the stored table (s·g with one scale, g with one

@@ -19,7 +19,7 @@ For F64 checkpoints under a non-power-of-two scale (53-bit s) the midpoint produ
 quotient, carry one float64 rounding, as Q's own x / s does for F64 inputs. P is a probability,
 |z − w| / (gap · s) in float64 (relative error about 1e-16).
 
-Per code, g, the gaps to both neighbours and the midpoints come from a table built once per
+Per code, g, the gaps to both neighbours and the half gaps come from a table built once per
 format (and per scale, for one scale a chunk), so a chunk costs a few gathers and compares.
 
 Every number is a mergeable sum (counts, float64 sums), so chunks, tensors and shards combine.
