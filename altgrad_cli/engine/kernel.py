@@ -92,6 +92,14 @@ def _times(x: Tensor, s: Scales) -> Tensor:
     return x * s
 
 
+def _plus_times(x: Tensor, y: Tensor, s: Scales) -> Tensor:
+    """x + y · s elementwise (a new tensor, one rounding), broadcasting grouped scales."""
+    if isinstance(s, GroupedScale):
+        width = s.width
+        return torch.addcmul(x.view(-1, width), y.view(-1, width), s.values.view(-1, 1)).view(-1)
+    return torch.addcmul(x, y, s)
+
+
 def _divided(x: Tensor, s: Scales, *, inplace: bool = False) -> Tensor:
     """x / s elementwise (in place when asked), broadcasting grouped scales."""
     if isinstance(s, GroupedScale):
@@ -680,15 +688,14 @@ def _grid_error_and_stored(
     grid value of each code, gathered once from the stored table (s·g with one scale, g with one
     per element; `code` becomes its row index). With float32 scales s·g is exact in float64, so
     the error |b − s·g| is too; float64 scales (float64 storage) take `grid_alignment_errors`."""
-    if chunk.before.dtype != torch.float32:
-        error = grid_alignment_errors(chunk.before64.abs(), code, fmt, s, s64)
+    exact = chunk.before.dtype == torch.float32
+    fallback = None if exact else grid_alignment_errors(chunk.before64.abs(), code, fmt, s, s64)
     one_scale = s_value is not None
     table = stored_table(fmt, s_value if one_scale else 1.0)
     index = code.to(torch.int32).add_(fmt.max_code)  # in place for int32 codes
     w = torch.index_select(table.value, 0, index)
     scaled = w if one_scale else _times(w, s64)  # s·g, exact for float32 s
-    if chunk.before.dtype == torch.float32:
-        error = chunk.before64.sub(scaled).abs_()
+    error = chunk.before64.sub(scaled).abs_() if exact else fallback
     keep = chunk.updated_index
     if keep is not None:  # the updated elements only: one shared index, gathers
         index, w = index.index_select(0, keep), w.index_select(0, keep)
@@ -700,13 +707,7 @@ def _grid_error_and_stored(
     if one_scale:
         position = w + delta  # z = s·g + Δ: one float64 rounding
     elif inverse is not None:  # power-of-two s: g + Δ·(1/s) is (s·g + Δ)/s, in one pass
-        if isinstance(inverse, GroupedScale):
-            width = inverse.width
-            position = torch.addcmul(
-                w.view(-1, width), delta.view(-1, width), inverse.values.view(-1, 1)
-            ).view(-1)
-        else:
-            position = torch.addcmul(w, delta, inverse)
+        position = _plus_times(w, delta, inverse)
     else:  # y = z / s, which crosses no midpoint (engine/stored.py)
         position = _divided(scaled + delta, s64, inplace=True)
     add_stored(stored, table, index, w, position, chunk.abs_delta_updated, chunk.mass_updated)

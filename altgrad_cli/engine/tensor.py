@@ -64,8 +64,10 @@ from altgrad_cli.report.records import (
     to_json,
 )
 
-DEFAULT_GRAD_EPS = 1e-10
+R = TypeVar("R")
 T = TypeVar("T")
+
+DEFAULT_GRAD_EPS = 1e-10
 DEFAULT_CHUNK = 1 << 18
 RANGE_CHUNKS = 32
 """Chunks merge into ranges of this many, ranges into the tensor (see `chunk_ranges`); a Dask task
@@ -387,18 +389,17 @@ def tensor_scales(
         s_after = scale_from_amax(amax_a, fmt, sc, shape, dtype) if rescale else s_before
         return s_before, s_after
 
-    return _per_recipe(pair, recipes, pool)
+    return _on_pool(pair, recipes, pool)
 
 
-def _per_recipe(
-    fn: Callable[[Recipe], T], recipes: Sequence[Recipe], pool: ChunkPool | None
-) -> list[T]:
-    """fn of each recipe, in order; on the pool's threads (torch on one thread each) when there
-    is one and more than one recipe: the per-group work of four recipes is otherwise serial."""
-    if pool is None or len(recipes) < 2:
-        return [fn(recipe) for recipe in recipes]
+def _on_pool(fn: Callable[[R], T], items: Sequence[R], pool: ChunkPool | None) -> list[T]:
+    """fn of each item (one per recipe), in order; on the pool's threads (torch on one thread
+    each) when there is one and more than one item: the per-group work of four recipes is
+    otherwise serial."""
+    if pool is None or len(items) < 2:
+        return [fn(item) for item in items]
     with one_torch_thread():
-        return list(ordered_map(fn, recipes, pool))
+        return list(ordered_map(fn, items, pool))
 
 
 def add_block_stats(
@@ -426,13 +427,13 @@ def recipe_block_stats(
         for recipe, pair in zip(recipes, scale_pairs, strict=True)
         if not pair[0].is_single
     ]
-    by_recipe = dict(many)
-    stats = _per_recipe(
-        lambda r: block_stats(by_recipe[r][0], by_recipe[r][1] if rescale else None, r.format),
-        [recipe for recipe, _ in many],
-        pool,
-    )
-    return {recipe.name: one for (recipe, _), one in zip(many, stats, strict=True)}
+
+    def stats(item: tuple[Recipe, tuple[Scale, Scale]]) -> BlockStats:
+        recipe, (s_before, s_after) = item
+        return block_stats(s_before, s_after if rescale else None, recipe.format)
+
+    found = _on_pool(stats, many, pool)
+    return {recipe.name: one for (recipe, _), one in zip(many, found, strict=True)}
 
 
 def scale_summaries(
@@ -501,6 +502,7 @@ def accumulate_ranges(
     rows, cols = chunk_view(tuple(before.shape), [pair[0].scaling for pair in scale_pairs])
     b2, a2 = before.reshape(rows, cols), after.reshape(rows, cols)
     g2 = grad.reshape(rows, cols) if grad is not None else None
+    free = tuple(pair[0].overflow_free for pair in scale_pairs)
 
     def one_chunk(bounds: Bounds) -> TensorAccumulator:
         r0, r1, c0, c1 = bounds
@@ -521,8 +523,6 @@ def accumulate_ranges(
             free,
         )
         return part
-
-    free = tuple(pair[0].overflow_free for pair in scale_pairs)
 
     owner = [i for i, bounds in enumerate(ranges) for _ in bounds]
     flat = (bounds for chunks in ranges for bounds in chunks)

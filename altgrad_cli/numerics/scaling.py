@@ -185,19 +185,13 @@ class Scale:
         mode = self.scaling.mode
         if self.is_single:
             return self.values
-        rows, _, per_matrix = matrix_view(self.shape)
         if mode is ScaleMode.CHANNEL:
             if len(self.shape) <= 1:  # one channel per element
                 return self.values[None, col0:col1]
-            per_channel = rows // self.shape[0]
-            return self.values[torch.arange(row0, row1) // per_channel][:, None]
-        n, tile = self.scaling.cols, self.scaling.rows
+            return self._channels_of_rows(row0, row1)[:, None]
+        n = self.scaling.cols
         first = col0 // n
-        blocks = self.values[:, first : (col1 + n - 1) // n]
-        if tile == 1:
-            blocks = blocks[row0:row1]
-        else:
-            blocks = blocks[tile_rows_of(row0, row1, per_matrix, tile)]
+        blocks = self._blocks_of_rows(row0, row1, first, (col1 + n - 1) // n)
         if n <= col1 - col0:
             expanded = blocks.repeat_interleave(n, dim=1)
             start = col0 - first * n
@@ -214,21 +208,28 @@ class Scale:
         (a partial last block) or there is one scale per element anyway."""
         if self.is_single:
             return None
-        rows, _, per_matrix = matrix_view(self.shape)
         if self.scaling.mode is ScaleMode.CHANNEL:
             if len(self.shape) <= 1 or col1 - col0 < 2:
                 return None
-            per_channel = rows // self.shape[0]
-            return self.values[torch.arange(row0, row1) // per_channel], col1 - col0
-        n, tile = self.scaling.cols, self.scaling.rows
+            return self._channels_of_rows(row0, row1), col1 - col0
+        n = self.scaling.cols
         if n < 2 or col0 % n or (col1 - col0) % n:
             return None
-        blocks = self.values[:, col0 // n : col1 // n]
+        return self._blocks_of_rows(row0, row1, col0 // n, col1 // n).reshape(-1), n
+
+    def _channels_of_rows(self, row0: int, row1: int) -> Tensor:
+        """The channel scale of each row row0..row1 of `view_shape()`."""
+        rows, _, _ = matrix_view(self.shape)
+        return self.values[torch.arange(row0, row1) // (rows // self.shape[0])]
+
+    def _blocks_of_rows(self, row0: int, row1: int, first: int, last: int) -> Tensor:
+        """Block (or tile) columns first..last of the scales, one row per row row0..row1."""
+        _, _, per_matrix = matrix_view(self.shape)
+        blocks = self.values[:, first:last]
+        tile = self.scaling.rows
         if tile == 1:
-            blocks = blocks[row0:row1]
-        else:
-            blocks = blocks[tile_rows_of(row0, row1, per_matrix, tile)]
-        return blocks.reshape(-1), n
+            return blocks[row0:row1]
+        return blocks[tile_rows_of(row0, row1, per_matrix, tile)]
 
     def broadcast(self) -> Tensor:
         """Scales broadcastable to the whole tensor."""
