@@ -50,7 +50,7 @@ from altgrad_cli.numerics.rounding import (
     decode_magnitude64_parts,
     divide_as,
     encode_scaled,
-    overflow_mask,
+    overflow_count,
     overflows,
 )
 
@@ -92,12 +92,14 @@ def _times(x: Tensor, s: Scales) -> Tensor:
     return x * s
 
 
-def _plus_times(x: Tensor, y: Tensor, s: Scales) -> Tensor:
-    """x + y · s elementwise (a new tensor, one rounding), broadcasting grouped scales."""
+def _plus_times(x: Tensor, y: Tensor, s: Scales, value: float = 1.0) -> Tensor:
+    """x + value · y · s elementwise (a new tensor, one rounding where value · y · s is exact),
+    broadcasting grouped scales."""
     if isinstance(s, GroupedScale):
         width = s.width
-        return torch.addcmul(x.view(-1, width), y.view(-1, width), s.values.view(-1, 1)).view(-1)
-    return torch.addcmul(x, y, s)
+        grouped_s = s.values.view(-1, 1)
+        return torch.addcmul(x.view(-1, width), y.view(-1, width), grouped_s, value=value).view(-1)
+    return torch.addcmul(x, y, s, value=value)
 
 
 def _divided(x: Tensor, s: Scales, *, inplace: bool = False) -> Tensor:
@@ -448,8 +450,10 @@ def update_format(
         error = _grid_error_and_stored(
             acc.stored, fmt, chunk, code_b, s_before, s_value, s64, inverse
         )
-    acc.grid_error.update(error)
-    counts.on_grid += n - int(torch.count_nonzero(error))
+    error_moments = Moments.of(error)
+    acc.grid_error.merge(error_moments)
+    if error_moments.min == 0.0:  # error ≥ 0: its signs count the non-zero ones
+        counts.on_grid += n - int(torch.sign(error).sum())
 
     if plan is not None:
         _update_one_scale(acc, fmt, chunk, yb, steps, error, plan, s_value)
@@ -577,7 +581,8 @@ def _update_many_scales(
             weight.masked_fill_(zero, 0.0)
         exponent_code = (stiffness_bits & 0x7F800000) >> 16
     stiff = _Stiffness(values, weight, 1.0, values32)
-    big = chunk.inputs.twice_delta >= values  # always, for zero weights
+    # always, for zero weights; int32 1 or 0, as the joint histogram's index adds it
+    big = torch.ge(chunk.inputs.twice_delta, values, out=torch.empty_like(stiffness_bits))
     flips, n_big, big_flipped, bins = _joint_counts(acc, chunk, steps, exponent_code, big, 0, 256)
     n = chunk.n_nonzero
     if zero is not None:  # zero weights: all in exponent bin 0 and predicted to flip
@@ -592,8 +597,11 @@ def _update_many_scales(
         moments = _binned_moments(acc, bins, -127, 1.0)  # bin b holds S = 2^(b − 127)
     else:
         acc.stiffness_hist.add_counts(-127, bins)  # bin b: floor(log2 S) = b − 127
-        high = float(values.max())
-        low = float((values if zero is None else values.masked_fill(zero, math.inf)).min())
+        if zero is None:  # on the float32 values: the same numbers, half the bytes
+            low, high = (float(v) for v in torch.aminmax(values32))
+        else:
+            high = float(values32.max())
+            low = float(values.masked_fill(zero, math.inf).min())
         mean = float(values.sum()) / n
         m2 = 0.0
         if low != high:
@@ -631,11 +639,11 @@ def _many_scales_plan(fmt: Format, yb: Tensor, s: Scales, chunk: Chunk) -> Tenso
     ):
         return None
     field = _exponent_field(yb, fmt)
-    if isinstance(s, GroupedScale):
-        field.view(-1, s.width).add_(s.values.view(torch.int32).view(-1, 1))
-    else:
-        field.add_(s.view(torch.int32))
-    return field.sub_((127 + mantissa) << 23)
+    bias = (127 + mantissa) << 23
+    if isinstance(s, GroupedScale):  # the bias taken off each group's bits, not each element
+        field.view(-1, s.width).add_((s.values.view(torch.int32) - bias).view(-1, 1))
+        return field
+    return field.add_(s.view(torch.int32)).sub_(bias)
 
 
 def _joint_counts(
@@ -694,14 +702,18 @@ def _grid_error_and_stored(
     table = stored_table(fmt, s_value if one_scale else 1.0)
     index = code.to(torch.int32).add_(fmt.max_code)  # in place for int32 codes
     w = torch.index_select(table.value, 0, index)
-    scaled = w if one_scale else _times(w, s64)  # s·g, exact for float32 s
-    error = chunk.before64.sub(scaled).abs_() if exact else fallback
+    # s·g is exact for float32 s, so b − s·g and s·g + Δ are each one rounding, as one pass
+    if not exact:
+        error = fallback
+    elif one_scale:
+        error = chunk.before64.sub(w).abs_()
+    else:
+        error = _plus_times(chunk.before64, w, s64, value=-1.0).abs_()
     keep = chunk.updated_index
     if keep is not None:  # the updated elements only: one shared index, gathers
         index, w = index.index_select(0, keep), w.index_select(0, keep)
         if not one_scale:
             s64 = _gathered(s64, keep)
-            scaled = scaled.index_select(0, keep) if inverse is None else None
             inverse = _gathered(inverse, keep) if inverse is not None else None
     delta = chunk.delta_updated
     if one_scale:
@@ -709,7 +721,9 @@ def _grid_error_and_stored(
     elif inverse is not None:  # power-of-two s: g + Δ·(1/s) is (s·g + Δ)/s, in one pass
         position = _plus_times(w, delta, inverse)
     else:  # y = z / s, which crosses no midpoint (engine/stored.py)
-        position = _divided(scaled + delta, s64, inplace=True)
+        # z = s·g + Δ; a float64 s (float64 storage) rounds s·g first, as Q does
+        z = _plus_times(delta, w, s64) if exact else _times(w, s64).add_(delta)
+        position = _divided(z, s64, inplace=True)
     add_stored(stored, table, index, w, position, chunk.abs_delta_updated, chunk.mass_updated)
     return error
 
@@ -764,7 +778,7 @@ def _overflow_count(y: Tensor, fmt: Format, top: float | None) -> int:
     """Elements beyond ±max before saturation; no pass when even the largest |y| is not."""
     if top is not None and not overflows(top, fmt, y.dtype):
         return 0
-    return int(torch.count_nonzero(overflow_mask(y, fmt)))
+    return overflow_count(y, fmt)
 
 
 def _exponent_index(y: Tensor, fmt: Format) -> Tensor:
@@ -922,9 +936,9 @@ def _add_stiffness_ratios(
         return
     acc.grad_ratio.merge(Mean(n, _sum_over_stiffness(inputs.grad, stiff)))
     if stiff.values32 is not None:  # the same comparison on half the bytes: both sides exact
-        counts.grad_below += int(torch.count_nonzero(inputs.grad32 < stiff.values32))
+        counts.grad_below += _count_below(inputs.grad32, stiff.values32)
     else:
-        counts.grad_below += int(torch.count_nonzero(inputs.grad < stiff.values))
+        counts.grad_below += _count_below(inputs.grad, stiff.values)
     # co-moment against the centred |grad|: sum(S·gc) - mean(S)·sum(gc), as sum(gc) ≈ 0
     if inputs.grad_centered is None or isinstance(stiff.values, float) or m2_s == 0.0:
         c_xy = 0.0
@@ -934,6 +948,14 @@ def _add_stiffness_ratios(
         )
     y = chunk.grad_moments
     acc.grad.merge(CoMoments(n, mean_s, y.mean_y, m2_s, y.m2_y, c_xy))
+
+
+def _count_below(x: Tensor, bound: Tensor) -> int:
+    """#(x < bound). The compare is written as 1 or 0 into x's dtype, several times faster than
+    into bool; its sum is exact while the count is at most 2^(mantissa + 1) = 2 / eps."""
+    if x.numel() > 2 / torch.finfo(x.dtype).eps:
+        return int(torch.count_nonzero(x < bound))
+    return int(torch.lt(x, bound, out=torch.empty_like(x)).sum())
 
 
 def _sum_over_stiffness(x: Tensor, stiff: _Stiffness) -> float:

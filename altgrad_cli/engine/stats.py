@@ -27,10 +27,14 @@ class Moments:
     max: float = -math.inf
 
     def update(self, values: Tensor) -> None:
+        self.merge(Moments.of(values))
+
+    @classmethod
+    def of(cls, values: Tensor) -> Moments:
         """M2 from the float64 sum and sum of squares (no centred copy), unless they cancel,
         that is unless the values are nearly equal: then two passes, and exactly 0 when all are."""
         if values.numel() == 0:
-            return
+            return cls()
         v = values.detach().reshape(-1).to(torch.float64)
         n = v.numel()
         low, high = (float(x) for x in torch.aminmax(v))
@@ -44,7 +48,7 @@ class Moments:
             if m2 <= 1e-6 * squares:  # cancellation would cost more than 1e-10 of M2
                 centered = v - mean
                 m2 = float(torch.dot(centered, centered))
-        self.merge(Moments(n, mean, m2, low, high))
+        return cls(n, mean, m2, low, high)
 
     def merge(self, other: Moments) -> None:
         if other.n == 0:

@@ -231,6 +231,19 @@ def overflow_mask(y: Tensor, fmt: Format) -> Tensor:
     return mag > plan.overflow_bits
 
 
+def overflow_count(y: Tensor, fmt: Format) -> int:
+    """The number of `overflow_mask`'s elements for y without NaN. Magnitudes order as their
+    bit patterns do, so |y| is compared with the bound's float, written as 1 or 0 into y's
+    dtype: several times faster than a bool mask, and its sum is exact up to 2 / eps elements."""
+    if y.numel() > 2 / torch.finfo(y.dtype).eps:
+        return int(torch.count_nonzero(overflow_mask(y, fmt)))
+    carrier = carrier_of(y.dtype)
+    plan = _plan(fmt, y.dtype)
+    bound = torch.tensor(plan.overflow_bits, dtype=carrier.int_dtype).view(carrier.float_dtype)
+    compare = torch.ge if plan.overflow_on_tie else torch.gt
+    return int(compare(y.abs(), bound, out=torch.empty_like(y)).sum())
+
+
 def overflows(value: float, fmt: Format, dtype: torch.dtype = torch.float32) -> bool:
     """`overflow_mask` for one number that is already a `dtype` value, without a tensor."""
     plan = _plan(fmt, dtype)
