@@ -93,7 +93,7 @@ def _binade_codes(mag: Tensor, plan: _Plan, carrier: Carrier) -> Tensor:
     carrier float whose bit pattern, shifted, is the code, format subnormals included (they
     become carrier subnormals). No branch, no select. M >= 1 only: with M = 0 the parity of a
     code is its exponent's, which the FPU does not see."""
-    binade = (mag >> carrier.mantissa) << carrier.mantissa  # the exponent field, in place
+    binade = mag & -(1 << carrier.mantissa)  # the exponent field, in place (mag ≥ 0)
     binade.clamp_(min=plan.emin_field).add_(plan.binade_offset)
     step = binade.view(carrier.float_dtype)
     rounded = (mag.view(carrier.float_dtype) + step).sub_(step).mul_(plan.to_pattern)
