@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from altgrad_cli.numerics.rounding import (
     divide_as,
     encode_scaled,
     encode_scaled_bits,
+    overflow_count,
     overflow_mask,
     overflows,
 )
@@ -306,6 +309,30 @@ def test_scalar_overflow_agrees_with_the_mask(name, dtype):
     mask = overflow_mask(probes, fmt).tolist()
     assert [overflows(float(v), fmt, dtype) for v in probes] == mask
     assert any(mask) and not all(mask)
+
+
+@pytest.mark.parametrize("name", ["e4m3fn", "e5m2", "e3m4", "E0M7", "e2m1fn", "bf16", "fp16"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_overflow_count_counts_what_the_scalar_check_says(name, dtype):
+    """The count compares |y| with a float bound; the scalar check compares bit patterns."""
+    fmt = get_format(name)
+    top = torch.tensor(fmt.max, dtype=torch.float64)
+    probes = torch.cat([top * torch.linspace(0.9, 1.5, 601, dtype=torch.float64), top.reshape(1)])
+    probes = torch.cat([probes, torch.nextafter(probes, probes * 2), torch.tensor([math.inf])])
+    probes = torch.cat([probes, -probes, torch.zeros(3)]).to(dtype)
+    want = sum(overflows(float(v), fmt, dtype) for v in probes)
+    assert 0 < want < probes.numel()
+    assert overflow_count(probes, fmt) == want
+
+
+def test_overflow_count_beyond_an_exact_float32_sum():
+    """Past 2^24 elements a float32 sum of ones would stop counting: the mask's count is used."""
+    fmt = get_format("e4m3fn")
+    y = torch.full((2**24 + 3,), 500.0)
+    assert float(torch.ones_like(y).sum()) != y.numel()  # what the fallback is there for
+    assert overflow_count(y, fmt) == y.numel()
+    y[::2] = 1.0
+    assert overflow_count(y, fmt) == (2**24 + 3) // 2
 
 
 def test_scalar_division_rounds_like_float32_division():
