@@ -43,7 +43,7 @@ from altgrad_cli.engine.stored import (
     stored_table,
     update_stored,
 )
-from altgrad_cli.numerics.bits import F64, INT_OF_WIDTH, floor_log2, working_dtype
+from altgrad_cli.numerics.bits import F64, INT_OF_WIDTH, count_compared, floor_log2, working_dtype
 from altgrad_cli.numerics.formats import Format
 from altgrad_cli.numerics.rounding import (
     decode_magnitude64,
@@ -410,7 +410,7 @@ def update_format(
     if isinstance(s_before, GroupedScale) and not _grouped_path(fmt, chunk):
         # the paths this chunk takes need one scale per element
         same = s_after is s_before
-        s_before = None if s_before is None else _per_element(s_before)
+        s_before = _per_element(s_before)
         s_after = s_before if same else (None if s_after is None else _per_element(s_after))
     per_element = s_before is not None and (
         isinstance(s_before, GroupedScale) or s_before.dim() != 0
@@ -499,10 +499,14 @@ def _grouped_path(fmt: Format, chunk: Chunk) -> bool:
     return (
         chunk.before.dtype == torch.float32
         and fmt.max_code <= TABLE_LIMIT
-        and not fmt.is_fixed_point
-        and fmt.emin >= -126
-        and chunk.n_nonzero > 0
+        and _many_scales_format(fmt, chunk)
     )
+
+
+def _many_scales_format(fmt: Format, chunk: Chunk) -> bool:
+    """The format and chunk `_update_many_scales` can take: floating point, emin within float32's
+    normal range, and some non-zero weight."""
+    return not fmt.is_fixed_point and fmt.emin >= -126 and chunk.n_nonzero > 0
 
 
 def _update_one_scale(
@@ -620,13 +624,7 @@ def _many_scales_plan(fmt: Format, yb: Tensor, s: Scales, chunk: Chunk) -> Tenso
     """S's float32 bits for `_update_many_scales`, or None where that path does not apply: y or
     s not float32, fixed point, an emin below float32's normal range, no non-zero weight, or
     scales for which S or 1/S would leave float32's normal range."""
-    if (
-        yb.dtype != torch.float32
-        or s.dtype != torch.float32
-        or fmt.is_fixed_point
-        or fmt.emin < -126
-        or chunk.n_nonzero == 0
-    ):
+    if yb.dtype != torch.float32 or s.dtype != torch.float32 or not _many_scales_format(fmt, chunk):
         return None
     group = s.values if isinstance(s, GroupedScale) else s
     low, high = (int(v) >> 23 for v in torch.aminmax(group.view(torch.int32)))  # s > 0: in order
@@ -697,17 +695,16 @@ def _grid_error_and_stored(
     per element; `code` becomes its row index). With float32 scales s·g is exact in float64, so
     the error |b − s·g| is too; float64 scales (float64 storage) take `grid_alignment_errors`."""
     exact = chunk.before.dtype == torch.float32
-    fallback = None if exact else grid_alignment_errors(chunk.before64.abs(), code, fmt, s, s64)
+    # before `code` becomes the table index (in place)
+    error = None if exact else grid_alignment_errors(chunk.before64.abs(), code, fmt, s, s64)
     one_scale = s_value is not None
     table = stored_table(fmt, s_value if one_scale else 1.0)
     index = code.to(torch.int32).add_(fmt.max_code)  # in place for int32 codes
     w = torch.index_select(table.value, 0, index)
     # s·g is exact for float32 s, so b − s·g and s·g + Δ are each one rounding, as one pass
-    if not exact:
-        error = fallback
-    elif one_scale:
+    if one_scale and exact:
         error = chunk.before64.sub(w).abs_()
-    else:
+    elif exact:
         error = _plus_times(chunk.before64, w, s64, value=-1.0).abs_()
     keep = chunk.updated_index
     if keep is not None:  # the updated elements only: one shared index, gathers
@@ -936,9 +933,9 @@ def _add_stiffness_ratios(
         return
     acc.grad_ratio.merge(Mean(n, _sum_over_stiffness(inputs.grad, stiff)))
     if stiff.values32 is not None:  # the same comparison on half the bytes: both sides exact
-        counts.grad_below += _count_below(inputs.grad32, stiff.values32)
+        counts.grad_below += count_compared(torch.lt, inputs.grad32, stiff.values32)
     else:
-        counts.grad_below += _count_below(inputs.grad, stiff.values)
+        counts.grad_below += count_compared(torch.lt, inputs.grad, stiff.values)
     # co-moment against the centred |grad|: sum(S·gc) - mean(S)·sum(gc), as sum(gc) ≈ 0
     if inputs.grad_centered is None or isinstance(stiff.values, float) or m2_s == 0.0:
         c_xy = 0.0
@@ -948,14 +945,6 @@ def _add_stiffness_ratios(
         )
     y = chunk.grad_moments
     acc.grad.merge(CoMoments(n, mean_s, y.mean_y, m2_s, y.m2_y, c_xy))
-
-
-def _count_below(x: Tensor, bound: Tensor) -> int:
-    """#(x < bound). The compare is written as 1 or 0 into x's dtype, several times faster than
-    into bool; its sum is exact while the count is at most 2^(mantissa + 1) = 2 / eps."""
-    if x.numel() > 2 / torch.finfo(x.dtype).eps:
-        return int(torch.count_nonzero(x < bound))
-    return int(torch.lt(x, bound, out=torch.empty_like(x)).sum())
 
 
 def _sum_over_stiffness(x: Tensor, stiff: _Stiffness) -> float:

@@ -1,4 +1,5 @@
-"""Bit layouts of the float types the arithmetic runs in, and exact power-of-two helpers.
+"""Bit layouts of the float types the arithmetic runs in, exact power-of-two helpers, and exact
+counts of a compare.
 
 Rounding, scaling and the per-chunk kernel all read float bit patterns; the constants live here
 once so no module keeps its own copy.
@@ -6,6 +7,7 @@ once so no module keeps its own copy.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -68,3 +70,12 @@ def floor_log2(q: Tensor) -> Tensor:
     """floor(log2 |q|) of non-zero finite values, exactly (subnormals included), as int64."""
     _, expo = torch.frexp(q)
     return expo.to(torch.int64) - 1
+
+
+def count_compared(compare: Callable[..., Tensor], x: Tensor, bound: Tensor | float) -> int:
+    """#compare(x, bound) for a torch compare such as `torch.lt`, written as 1 or 0 into x's
+    float dtype: several times faster than into a bool mask on the CPUs measured, and its sum
+    is an exact count while it is at most 2^(mantissa + 1) = 2 / eps. Beyond, a bool mask."""
+    if x.numel() > 2 / torch.finfo(x.dtype).eps:
+        return int(torch.count_nonzero(compare(x, bound)))
+    return int(compare(x, bound, out=torch.empty_like(x)).sum())
